@@ -1,0 +1,123 @@
+"""Command line: ``imc-ray run | evaluate | config | fetch-weights``.
+
+Exit codes: 0 success; 1 failure (nothing usable was produced, or bad input such as a missing
+folder); 2 usage error (unknown option or config key); 3 partial success (outputs were written but
+some images could not be read or some scene failed to map; see ``run.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from imc_ray.config import PRESETS, ConfigError, RunConfig, build_config
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+logger = logging.getLogger("imc_ray")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named settings (default: %(default)s)")
+    p.add_argument("--config", type=Path, help="JSON file of settings, e.g. a run.json's 'config' section")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set features.max_keypoints=1024 (repeatable)",
+    )
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return build_config(args.preset, args.overrides, args.config)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imc-ray", description="Image matching and SfM on Ray: photos in, poses out.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="reconstruct every scene of INPUT into OUTPUT")
+    r.add_argument("input", type=Path, help="<dataset>/<scene>/images/* tree, or one folder of images")
+    r.add_argument("output", type=Path, help="output folder (created)")
+    r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
+    _add_config_args(r)
+
+    e = sub.add_parser("evaluate", help="score a submission.csv against reference poses")
+    e.add_argument("submission", type=Path)
+    e.add_argument("--truth", type=Path, required=True, help="tree with <dataset>/<scene>/labels.csv")
+    e.add_argument("--thresholds", type=Path, help="CSV dataset,scene,thresholds (';'-joined) for IMC-2024 mAA")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    c = sub.add_parser("config", help="print the resolved config as JSON")
+    _add_config_args(c)
+
+    w = sub.add_parser("fetch-weights", help="download the official DINOv2 checkpoint into the torch hub cache")
+    _add_config_args(w)
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from imc_ray.distributed import pipeline
+    from imc_ray.report import summary_table
+
+    cfg = _config(args)
+    rep = pipeline.run(args.input, args.output, cfg, address=args.address)
+    print(summary_table(rep))
+    print(f"results: {Path(args.output).resolve()} (submission.csv, run.json, <dataset>/<scene>/sparse/)")
+    failed_scene = any(s.get("error") for s in rep["scenes"].values())
+    if not any(s.get("num_registered", 0) for s in rep["scenes"].values()):
+        return EXIT_FAIL
+    return EXIT_PARTIAL if rep["errors"] or failed_scene else EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from imc_ray import evaluate
+
+    result = evaluate.evaluate(args.submission, args.truth, args.thresholds)
+    print(json.dumps(result, indent=1) if args.json else evaluate.format_table(result))
+    return EXIT_OK
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from imc_ray.stages import retrieval
+
+    cfg = _config(args)
+    path = retrieval.resolve_weights(dataclasses.replace(cfg.retrieval, allow_download=True))
+    print(path)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "fetch-weights":
+            return cmd_fetch_weights(args)
+        print(json.dumps(_config(args).to_dict(), indent=1))
+        return EXIT_OK
+    except ConfigError as exc:
+        print(f"imc-ray: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"imc-ray: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

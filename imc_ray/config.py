@@ -1,0 +1,254 @@
+"""Typed, frozen run configuration with named presets.
+
+A config is a tree of frozen dataclasses. It is built from a named preset, then
+overridden with dotted ``section.key=value`` strings (from the command line) or a
+nested mapping (from a JSON file). Unknown sections or keys are errors. The
+resolved config is written to ``run.json`` beside the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """Decoding of input images."""
+
+    background: tuple[int, int, int] = (255, 255, 255)
+    """RGB colour that transparent pixels are composited onto."""
+    max_pixels: int = 200_000_000
+    """Images with more pixels are refused (decompression-bomb guard)."""
+    min_side: int = 32
+    """Images with a shorter side are refused: too small to match."""
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Global descriptors (DINOv2) and pair selection."""
+
+    model: Literal["dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14"] = "dinov2_vits14"
+    weights: str = ""
+    """Checkpoint file, or a directory holding ``<model>_pretrain.pth``. Empty: the torch hub cache."""
+    allow_download: bool = False
+    """Fetch the official checkpoint into the torch hub cache when it is missing (needs internet)."""
+    image_size: int = 448
+    """Images are resized to this square size (a multiple of 14) for DINOv2."""
+    exhaustive_below: int = 50
+    """Scenes with fewer images than this match every pair."""
+    num_neighbors: int = 20
+    """k nearest neighbours per image when not exhaustive."""
+    sequential_window: int = 5
+    """Weights-free fallback: also pair each image with the next ``w`` images in name order."""
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """ALIKED local features."""
+
+    model: Literal["aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16"] = "aliked-n16"
+    resize: int = 1024
+    """Long side the image is resized to before extraction (never upsampled); 0 keeps the size."""
+    max_keypoints: int = 2048
+    detection_threshold: float = 0.0
+    """0 gives exactly ``max_keypoints`` (top-k); > 0 thresholds the score map."""
+    nms_radius: int = 2
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    """LightGlue matching."""
+
+    depth_confidence: float = 0.95
+    """Early stopping; -1 disables it."""
+    width_confidence: float = 0.99
+    """Point pruning; -1 disables it."""
+    filter_threshold: float = 0.1
+    min_matches: int = 15
+    """Pairs with fewer matches are not written to the COLMAP database."""
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """COLMAP database, geometric verification and mapping."""
+
+    camera_model: Literal["SIMPLE_RADIAL", "SIMPLE_PINHOLE", "RADIAL", "OPENCV", "PINHOLE"] = "SIMPLE_RADIAL"
+    shared_camera: Literal["auto", "never"] = "auto"
+    """auto: images of one size (and EXIF camera) share a camera; never: one camera per image."""
+    min_model_size: int = 3
+    min_num_inliers: int = 15
+    """Verified pairs with fewer inliers are not used by the mapper."""
+    max_num_models: int = 50
+    num_threads: int = -1
+    """-1 uses the CPUs Ray granted the mapping task."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Ray resources. ``device=auto`` uses GPUs when the cluster has them."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.0
+    threads_per_actor: int = 1
+    """torch intra-op threads in each model actor."""
+    max_actors: int = 0
+    """Upper bound of each actor pool; 0: as many as the cluster's CPUs (or GPUs) allow."""
+    image_batch_size: int = 2
+    pair_batch_size: int = 16
+    mapping_cpus: int = 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole pipeline."""
+
+    preset: str = "default"
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready nested dict."""
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Balanced accuracy and CPU time; what `imc-ray run` uses.
+    "default": {},
+    # Small images and keypoint budget: smoke tests, laptops, the bundled sample.
+    "fast": {
+        "features": {"resize": 640, "max_keypoints": 1024},
+        "retrieval": {"image_size": 224},
+    },
+    # IMC-style accuracy: larger images, more keypoints, more neighbours.
+    "accurate": {
+        "features": {"resize": 1600, "max_keypoints": 4096},
+        "retrieval": {"num_neighbors": 30},
+    },
+    # EC2 GPU workers: official DINOv2 weights fetched on first use, GPU actors.
+    "ec2": {
+        "retrieval": {"allow_download": True},
+        "features": {"resize": 1280, "max_keypoints": 4096},
+        "compute": {"device": "cuda", "image_batch_size": 8, "pair_batch_size": 64, "mapping_cpus": 4},
+    },
+}
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (a string from the command line, or a JSON value) to ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin is tuple:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        args = typing.get_args(tp)
+        if len(parts) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(_coerce(p, a, where) for p, a in zip(parts, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: {value!r} is not a boolean (use true or false)")
+    if tp in (int, float, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: {value!r} is not an integer")
+        try:
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} is not a valid {tp.__name__}") from None
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _replace(obj: Any, updates: Mapping[str, Any], where: str) -> Any:
+    """Return a copy of the dataclass ``obj`` with nested ``updates`` applied."""
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names or key == "preset":
+            known = ", ".join(sorted(names - {"preset"}))
+            raise ConfigError(f"unknown config key {path!r}; known keys here: {known}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path} is a section; set one of its keys, e.g. {path}.<key>=<value>")
+            changes[key] = _replace(current, value, path)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["features.max_keypoints=1024", ...]`` into a nested mapping."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier one")
+        node[parts[-1]] = value
+    return tree
+
+
+def build_config(
+    preset: str = "default",
+    overrides: Iterable[str] = (),
+    config_file: Path | None = None,
+) -> RunConfig:
+    """Resolve a preset, then a JSON config file, then dotted overrides (later wins)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = _replace(RunConfig(preset=preset), PRESETS[preset], "")
+    if config_file is not None:
+        try:
+            data = json.loads(Path(config_file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        data.pop("preset", None)
+        cfg = _replace(cfg, data, "")
+    cfg = _replace(cfg, parse_overrides(overrides), "")
+    return typing.cast(RunConfig, cfg)
+
+
+__all__ = [
+    "PRESETS",
+    "ComputeConfig",
+    "ConfigError",
+    "FeaturesConfig",
+    "ImagesConfig",
+    "MappingConfig",
+    "MatchingConfig",
+    "RetrievalConfig",
+    "RunConfig",
+    "build_config",
+    "parse_overrides",
+]

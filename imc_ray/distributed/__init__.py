@@ -1,0 +1,1 @@
+"""The only package that imports Ray: thin actors (``actors``) and the one orchestrator (``pipeline``)."""

@@ -1,0 +1,224 @@
+"""The one orchestrator: the same Ray pipeline runs on a laptop (a local cluster) and on EC2.
+
+Flow::
+
+    catalog (driver: paths only)
+      -> Ray Data: decode (CPU tasks) -> DINOv2 actor pool (only if a scene needs retrieval and weights
+         exist) -> ALIKED actor pool, writing feature shards; the driver sees metadata rows only
+      -> per scene, as soon as its images are done: a CPU task consolidates features.h5 and picks pairs
+      -> Ray Data: pair rows -> LightGlue actor pool, writing match shards
+      -> per scene, as soon as its pairs are done: a CPU task builds the database and maps (pycolmap)
+      -> driver: submission.csv, run.json, summary table
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.data import ActorPoolStrategy, DataContext
+from tqdm.auto import tqdm
+
+from imc_ray import report
+from imc_ray.config import RunConfig
+from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor, decode_batch
+from imc_ray.formats import scene_dir
+from imc_ray.stages import mapping, pairs, retrieval
+from imc_ray.stages.catalog import Scene, find_scenes
+from imc_ray.stages.submission import write_submission
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def ray_cluster(address: str | None = None) -> Iterator[None]:
+    """Attach to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``), else start a private
+    local cluster; shut down only what this call started."""
+    if ray.is_initialized():
+        yield
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
+    """Actor-pool arguments: one GPU per actor where the cluster has GPUs, else CPUs."""
+    c = cfg.compute
+    use_gpu = c.device == "cuda" or (c.device == "auto" and gpus > 0)
+    if use_gpu:
+        size = max(1, int(gpus / c.gpus_per_actor))
+        res: dict[str, Any] = {"num_gpus": c.gpus_per_actor, "num_cpus": c.cpus_per_actor}
+    else:
+        size = max(1, int(ray.cluster_resources().get("CPU", 1) / c.cpus_per_actor))
+        res = {"num_cpus": c.cpus_per_actor}
+    if c.max_actors > 0:
+        size = min(size, c.max_actors)
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=size), **res}
+
+
+def _dinov2_available(cfg: RunConfig) -> str | None:
+    """None when DINOv2 weights can be had, else the reason they cannot."""
+    try:
+        retrieval.resolve_weights(cfg.retrieval)
+    except retrieval.WeightsNotFound as exc:
+        return str(exc)
+    return None
+
+
+def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = None) -> dict[str, Any]:
+    """Run every stage on every scene under ``input_root``; write outputs to ``output``; return run.json's dict."""
+    t_start = time.perf_counter()
+    output = Path(output).resolve()
+    scenes = [s for s in find_scenes(Path(input_root)) if s.images]
+    output.mkdir(parents=True, exist_ok=True)
+    rep = report.new_report(cfg, input_root, output)
+    logger.info("resolved config: %s", cfg.to_dict())
+    with ray_cluster(address):
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        ctx.print_on_execution_start = False
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        scene_pairs, methods = _features_and_pairs(scenes, output, cfg, gpus, rep)
+        results = _match_and_map(scenes, scene_pairs, output, cfg, gpus, rep)
+    for s in scenes:
+        rep["scenes"][f"{s.dataset}/{s.name}"]["pairs_method"] = methods.get((s.dataset, s.name), "")
+    poses = {(r.dataset, r.scene): r.poses for r in results}
+    t0 = time.perf_counter()
+    n_reg = write_submission(
+        output / "submission.csv",
+        [(s.dataset, s.name, ref.name) for s in scenes for ref in s.images],
+        poses,
+    )
+    rep["stages"]["submission"] = {"seconds": time.perf_counter() - t0, "registered": n_reg}
+    for r in results:
+        entry = rep["scenes"][f"{r.dataset}/{r.scene}"]
+        entry.update({k: v for k, v in asdict(r).items() if k != "poses"})
+        entry["num_registered"] = r.num_registered
+    rep["seconds_total"] = time.perf_counter() - t_start
+    report.write_report(output / "run.json", rep)
+    return rep
+
+
+def _features_and_pairs(
+    scenes: list[Scene], output: Path, cfg: RunConfig, gpus: float, rep: dict[str, Any]
+) -> tuple[dict[tuple[str, str], list[tuple[str, str]]], dict[tuple[str, str], str]]:
+    """Image stages; as each scene's images finish, its pair selection starts as a task."""
+    t0 = time.perf_counter()
+    for s in scenes:
+        rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
+    needs_retrieval = any(len(s.images) >= cfg.retrieval.exhaustive_below for s in scenes)
+    reason = _dinov2_available(cfg) if needs_retrieval else "every scene is below retrieval.exhaustive_below"
+    use_dinov2 = needs_retrieval and reason is None
+    if needs_retrieval and not use_dinov2:
+        logger.warning("pair selection: DINOv2 unavailable, using the weights-free fallback. %s", reason)
+    rep["retrieval"] = {"dinov2": use_dinov2, "reason": reason or ""}
+
+    items = [{"dataset": r.dataset, "scene": r.scene, "name": r.name, "path": r.path} for s in scenes for r in s.images]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, cfg.compute.image_batch_size)))
+    ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.compute.image_batch_size, num_cpus=0.5)
+    pool = _pool(cfg, gpus)
+    if use_dinov2:
+        ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.compute.image_batch_size, **pool)
+    ds = ds.map_batches(
+        FeatureActor,
+        fn_constructor_kwargs={"cfg": cfg, "output": str(output)},
+        batch_size=cfg.compute.image_batch_size,
+        **pool,
+    )
+    remaining = {(s.dataset, s.name): len(s.images) for s in scenes}
+    prepare = ray.remote(num_cpus=1)(pairs.run)
+    futures: dict[tuple[str, str], Any] = {}
+    n_kp = 0
+    with tqdm(total=len(items), desc="features", unit="img") as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["name"])):
+                key = (str(batch["dataset"][i]), str(batch["scene"][i]))
+                err = str(batch["error"][i])
+                if err:
+                    rep["errors"].append({"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err})
+                    logger.warning("skipped: %s", err)
+                n_kp += int(batch["num_keypoints"][i])
+                remaining[key] -= 1
+                if remaining[key] == 0:
+                    futures[key] = prepare.remote(scene_dir(output, *key), cfg.retrieval)
+            bar.update(len(batch["name"]))
+    rep["stages"]["features"] = {"seconds": time.perf_counter() - t0, "images": len(items), "keypoints": n_kp}
+    t1 = time.perf_counter()
+    scene_pairs, methods = {}, {}
+    for key, fut in futures.items():
+        scene_pairs[key], methods[key] = ray.get(fut)
+        logger.info("scene %s/%s: %d pairs chosen by %s", *key, len(scene_pairs[key]), methods[key])
+    rep["stages"]["pairs"] = {"seconds": time.perf_counter() - t1, "pairs": sum(len(p) for p in scene_pairs.values())}
+    return scene_pairs, methods
+
+
+def _match_and_map(
+    scenes: list[Scene],
+    scene_pairs: dict[tuple[str, str], list[tuple[str, str]]],
+    output: Path,
+    cfg: RunConfig,
+    gpus: float,
+    rep: dict[str, Any],
+) -> list[mapping.SceneResult]:
+    """Match every pair; as each scene's pairs finish, its mapping starts as a CPU task."""
+    t0 = time.perf_counter()
+    by_key = {(s.dataset, s.name): s for s in scenes}
+    map_task = ray.remote(num_cpus=cfg.compute.mapping_cpus)(mapping.run)
+    opts = {"cfg": cfg.mapping, "min_matches": cfg.matching.min_matches}
+    futures = []
+
+    def submit(key: tuple[str, str]) -> None:
+        s = by_key[key]
+        futures.append(map_task.remote(scene_dir(output, *key), s.image_dir, s.dataset, s.name, len(s.images), **opts))
+
+    remaining = Counter({k: len(p) for k, p in scene_pairs.items()})
+    for key in sorted(scene_pairs):
+        if remaining[key] == 0:
+            submit(key)
+    rows = [
+        {"dataset": k[0], "scene": k[1], "name0": a, "name1": b} for k in sorted(scene_pairs) for a, b in scene_pairs[k]
+    ]
+    n_matches = 0
+    if rows:
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // max(1, cfg.compute.pair_batch_size)))
+        ds = ds.map_batches(
+            MatcherActor,
+            fn_constructor_kwargs={"cfg": cfg, "output": str(output)},
+            batch_size=cfg.compute.pair_batch_size,
+            **_pool(cfg, gpus),
+        )
+        with tqdm(total=len(rows), desc="matching", unit="pair") as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                done: dict[tuple[str, str], int] = defaultdict(int)
+                for i in range(len(batch["name0"])):
+                    done[(str(batch["dataset"][i]), str(batch["scene"][i]))] += 1
+                    n_matches += int(batch["num_matches"][i])
+                for key, n in done.items():
+                    remaining[key] -= n
+                    if remaining[key] == 0:
+                        submit(key)
+                bar.update(len(batch["name0"]))
+    rep["stages"]["matching"] = {"seconds": time.perf_counter() - t0, "pairs": len(rows), "matches": n_matches}
+    t1 = time.perf_counter()
+    results: list[mapping.SceneResult] = []
+    with tqdm(total=len(futures), desc="mapping", unit="scene") as bar:
+        pending = list(futures)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            results.append(ray.get(ready[0]))
+            bar.update(1)
+    rep["stages"]["mapping"] = {"seconds_after_matching": time.perf_counter() - t1, "scenes": len(results)}
+    return sorted(results, key=lambda r: (r.dataset, r.scene))

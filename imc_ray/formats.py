@@ -1,0 +1,324 @@
+"""On-disk formats: the one place that defines them (format version 1).
+
+Output tree of ``imc-ray run INPUT OUTPUT``::
+
+    OUTPUT/
+      run.json                     resolved config, versions, per-stage seconds and counts, per-image errors
+      submission.csv               dataset,scene,image,rotation_matrix,translation_vector (world-to-camera, ';'-joined)
+      <dataset>/<scene>/
+        features.h5                hloc-compatible local features, one group per image name
+        global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
+        pairs.txt                  "name0 name1" per line (hloc pairs file)
+        matches.h5                 hloc-compatible matches, one group per pair_key(name0, name1)
+        shards/features/*.parquet  Arrow shards written by the feature actors (one writer each)
+        shards/matches/*.parquet   Arrow shards written by the matcher actors (one writer each)
+        database.db                COLMAP database (keypoints, matches, two-view geometries)
+        sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...)
+        scene.json                 mapping summary of the scene
+
+``features.h5`` (hloc layout), group ``/<image name>``:
+  * ``keypoints``   float32 (N, 2): x, y in original-image pixels, origin at the centre of the top-left
+    pixel (COLMAP's origin is its corner: add 0.5);
+  * ``descriptors`` float32 (D, N) (hloc stores descriptors transposed);
+  * ``scores``      float32 (N,);
+  * ``image_size``  int32 (2,): width, height of the decoded (EXIF-rotated) image.
+
+``global.h5``, group ``/<image name>``: ``global_descriptor`` float32 (D,), L2-normalised.
+
+``matches.h5`` (hloc layout), group ``/<pair_key(name0, name1)>``:
+  * ``matches0``          int32 (N0,): index into image 1's keypoints, -1 when unmatched;
+  * ``matching_scores0``  float32 (N0,).
+
+Every HDF5 file carries the root attributes ``imc_ray_format`` (= FORMAT_VERSION) and ``kind``.
+
+Parquet shards use portable Arrow types only (no Ray tensor extension types); arrays are flattened
+row-major into ``list<...>`` columns with their shape in the scalar columns (schemas below).
+
+Every file is written under a temporary name in the same directory and renamed into place, so a
+reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+
+FEATURE_SHARD_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("scene", pa.string()),
+        ("name", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_keypoints", pa.int32()),
+        ("descriptor_dim", pa.int32()),
+        ("keypoints", pa.list_(pa.float32())),  # (N*2,)
+        ("scores", pa.list_(pa.float32())),  # (N,)
+        ("descriptors", pa.list_(pa.float32())),  # (N*D,), row-major (N, D)
+        ("global_descriptor", pa.list_(pa.float32())),  # (G,) or empty
+    ],
+    metadata={"imc_ray_format": str(FORMAT_VERSION), "kind": "features"},
+)
+
+MATCH_SHARD_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("scene", pa.string()),
+        ("name0", pa.string()),
+        ("name1", pa.string()),
+        ("num_matches", pa.int32()),
+        ("matches", pa.list_(pa.int32())),  # (M*2,), row-major (M, 2)
+        ("scores", pa.list_(pa.float32())),  # (M,)
+    ],
+    metadata={"imc_ray_format": str(FORMAT_VERSION), "kind": "matches"},
+)
+
+
+class FormatError(ValueError):
+    """A file does not have the expected layout or version."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """Local features of one image.
+
+    keypoints: (N, 2) float32, original-image pixels, pixel-centre origin.
+    scores: (N,) float32.
+    descriptors: (N, D) float32.
+    image_size: (width, height) of the decoded image.
+    """
+
+    keypoints: np.ndarray
+    scores: np.ndarray
+    descriptors: np.ndarray
+    image_size: tuple[int, int]
+
+
+def pair_key(name0: str, name1: str) -> str:
+    """hloc's ``names_to_pair``: the HDF5 group name of a pair."""
+    return "/".join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def scene_dir(output: Path, dataset: str, scene: str) -> Path:
+    """Directory of one scene's outputs."""
+    return output / dataset / scene
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+# ----------------------------------------------------------------------------- HDF5
+
+
+def _check_version(f: h5py.File, path: Path, kind: str) -> None:
+    version = f.attrs.get("imc_ray_format")
+    if version is None:
+        return  # a plain hloc file: accepted as-is
+    if int(version) != FORMAT_VERSION or f.attrs.get("kind") != kind:
+        raise FormatError(
+            f"{path}: format {version!r}/{f.attrs.get('kind')!r}, expected {FORMAT_VERSION}/{kind!r}; "
+            "delete the file (or the output folder) and run again"
+        )
+
+
+def write_features_h5(path: Path, features: dict[str, Features]) -> None:
+    """Write ``features.h5`` (layout in the module docstring), atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["imc_ray_format"] = FORMAT_VERSION
+        f.attrs["kind"] = "features"
+        for name in sorted(features):
+            feats = features[name]
+            g = f.create_group(name)
+            g.create_dataset("keypoints", data=feats.keypoints.astype(np.float32))
+            g.create_dataset("descriptors", data=feats.descriptors.astype(np.float32).T)
+            g.create_dataset("scores", data=feats.scores.astype(np.float32))
+            g.create_dataset("image_size", data=np.asarray(feats.image_size, dtype=np.int32))
+
+
+def read_features_h5(path: Path, names: list[str] | None = None) -> dict[str, Features]:
+    """Read features of ``names`` (all images when None) from ``features.h5``."""
+    out: dict[str, Features] = {}
+    with h5py.File(path, "r", locking=False) as f:
+        _check_version(f, path, "features")
+        if names is None:
+            names = []
+            f.visititems(lambda key, obj: names.append(key) if "keypoints" in getattr(obj, "keys", list)() else None)
+        for name in names:
+            g = f[name]
+            out[name] = Features(
+                keypoints=g["keypoints"][()],
+                scores=g["scores"][()],
+                descriptors=g["descriptors"][()].T,
+                image_size=(int(g["image_size"][0]), int(g["image_size"][1])),
+            )
+    return out
+
+
+def write_global_h5(path: Path, descriptors: dict[str, np.ndarray]) -> None:
+    """Write ``global.h5``: name -> (D,) float32 descriptor."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["imc_ray_format"] = FORMAT_VERSION
+        f.attrs["kind"] = "global"
+        for name in sorted(descriptors):
+            f.create_group(name).create_dataset("global_descriptor", data=descriptors[name].astype(np.float32))
+
+
+def write_matches_h5(path: Path, matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], num_kp0: dict[str, int]) -> None:
+    """Write ``matches.h5`` from compact matches.
+
+    matches: (name0, name1) -> (indices (M, 2) int, scores (M,) float).
+    num_kp0: number of keypoints of each image (the length of ``matches0``).
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["imc_ray_format"] = FORMAT_VERSION
+        f.attrs["kind"] = "matches"
+        for (name0, name1) in sorted(matches):
+            idx, scores = matches[(name0, name1)]
+            m0 = np.full(num_kp0[name0], -1, dtype=np.int32)
+            s0 = np.zeros(num_kp0[name0], dtype=np.float32)
+            m0[idx[:, 0]] = idx[:, 1]
+            s0[idx[:, 0]] = scores
+            g = f.create_group(pair_key(name0, name1))
+            g.create_dataset("matches0", data=m0)
+            g.create_dataset("matching_scores0", data=s0)
+
+
+def read_matches_h5(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """Compact matches of one pair: indices (M, 2) int32 and scores (M,) float32."""
+    with h5py.File(path, "r", locking=False) as f:
+        _check_version(f, path, "matches")
+        g = f[pair_key(name0, name1)]
+        m0 = g["matches0"][()]
+        s0 = g["matching_scores0"][()]
+    valid = m0 >= 0
+    idx = np.stack([np.nonzero(valid)[0], m0[valid]], axis=1).astype(np.int32)
+    return idx, s0[valid].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- Parquet shards
+
+
+def write_shard(directory: Path, table: pa.Table) -> Path:
+    """Write one Arrow shard under a fresh unique name, atomically; return its path."""
+    path = directory / f"{uuid.uuid4().hex}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_shards(directory: Path, schema: pa.Schema) -> pa.Table:
+    """Concatenate every committed shard of a directory (temporary files are ignored)."""
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return schema.empty_table()
+    tables = []
+    for p in files:
+        t = pq.read_table(p)
+        if t.schema.metadata is None or t.schema.metadata.get(b"imc_ray_format") != str(FORMAT_VERSION).encode():
+            raise FormatError(f"{p}: not an imc-ray format-{FORMAT_VERSION} shard; delete it and run again")
+        tables.append(t.select(schema.names).cast(schema))
+    return pa.concat_tables(tables)
+
+
+def feature_rows(dataset: str, scene: str, items: list[tuple[str, Features, np.ndarray | None]]) -> pa.Table:
+    """Arrow table (FEATURE_SHARD_SCHEMA) of ``(name, features, global descriptor or None)``."""
+    cols: dict[str, list[object]] = {n: [] for n in FEATURE_SHARD_SCHEMA.names}
+    for name, f, g in items:
+        cols["dataset"].append(dataset)
+        cols["scene"].append(scene)
+        cols["name"].append(name)
+        cols["width"].append(f.image_size[0])
+        cols["height"].append(f.image_size[1])
+        cols["num_keypoints"].append(len(f.keypoints))
+        cols["descriptor_dim"].append(f.descriptors.shape[1])
+        cols["keypoints"].append(f.keypoints.astype(np.float32).ravel())
+        cols["scores"].append(f.scores.astype(np.float32))
+        cols["descriptors"].append(f.descriptors.astype(np.float32).ravel())
+        cols["global_descriptor"].append(np.zeros(0, np.float32) if g is None else g.astype(np.float32))
+    return pa.Table.from_pydict(cols, schema=FEATURE_SHARD_SCHEMA)
+
+
+def features_from_table(table: pa.Table) -> tuple[dict[str, Features], dict[str, np.ndarray]]:
+    """Inverse of :func:`feature_rows`: name -> Features, and name -> global descriptor (if any)."""
+    feats: dict[str, Features] = {}
+    glob: dict[str, np.ndarray] = {}
+    d = table.to_pydict()
+    for i, name in enumerate(d["name"]):
+        n, dim = d["num_keypoints"][i], d["descriptor_dim"][i]
+        feats[name] = Features(
+            keypoints=np.asarray(d["keypoints"][i], np.float32).reshape(n, 2),
+            scores=np.asarray(d["scores"][i], np.float32),
+            descriptors=np.asarray(d["descriptors"][i], np.float32).reshape(n, dim),
+            image_size=(d["width"][i], d["height"][i]),
+        )
+        if d["global_descriptor"][i]:
+            glob[name] = np.asarray(d["global_descriptor"][i], np.float32)
+    return feats, glob
+
+
+def match_rows(dataset: str, scene: str, items: list[tuple[str, str, np.ndarray, np.ndarray]]) -> pa.Table:
+    """Arrow table (MATCH_SHARD_SCHEMA) of ``(name0, name1, indices (M, 2), scores (M,))``."""
+    return pa.Table.from_pydict(
+        {
+            "dataset": [dataset] * len(items),
+            "scene": [scene] * len(items),
+            "name0": [a for a, _, _, _ in items],
+            "name1": [b for _, b, _, _ in items],
+            "num_matches": [len(m) for _, _, m, _ in items],
+            "matches": [m.astype(np.int32).ravel() for _, _, m, _ in items],
+            "scores": [s.astype(np.float32) for _, _, _, s in items],
+        },
+        schema=MATCH_SHARD_SCHEMA,
+    )
+
+
+def matches_from_table(table: pa.Table) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Inverse of :func:`match_rows`: (name0, name1) -> (indices (M, 2) int32, scores (M,) float32)."""
+    d = table.to_pydict()
+    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for i in range(len(d["name0"])):
+        m = np.asarray(d["matches"][i], np.int32).reshape(-1, 2)
+        out[(d["name0"][i], d["name1"][i])] = (m, np.asarray(d["scores"][i], np.float32))
+    return out
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """Read an hloc pairs file ("name0 name1" per line)."""
+    pairs = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            a, b = line.split(" ")
+            pairs.append((a, b))
+    return pairs
+
+
+def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
+    """Write an hloc pairs file atomically. Names must not contain spaces (checked by the catalog)."""
+    write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))

@@ -1,0 +1,190 @@
+"""Stage 6: COLMAP database, geometric verification and incremental mapping of one scene.
+
+Files in, files out (:func:`run`): the scene's match shards and ``features.h5`` go in;
+``matches.h5``, ``database.db``, ``sparse/<k>/`` (every model, largest first) and ``scene.json``
+come out. Intrinsics are always estimated: reference poses are never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from imc_ray.config import MappingConfig
+from imc_ray.formats import (
+    MATCH_SHARD_SCHEMA,
+    Features,
+    atomic_path,
+    matches_from_table,
+    read_features_h5,
+    read_shards,
+    write_matches_h5,
+    write_text_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SceneResult:
+    """What mapping produced for one scene (JSON-ready; also written as ``scene.json``)."""
+
+    dataset: str
+    scene: str
+    num_images: int
+    num_pairs: int = 0
+    num_verified_pairs: int = 0
+    model_sizes: list[int] = field(default_factory=list)
+    """Registered images per model, largest first (``sparse/0`` is the largest)."""
+    poses: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """image name -> (R row-major (9,), t (3,)), world-to-camera, from the largest model."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def num_registered(self) -> int:
+        return len(self.poses)
+
+
+def camera_groups(sizes: dict[str, tuple[int, int]], shared_camera: str) -> dict[str, int]:
+    """Assign each image a camera index: images of one size share one camera when ``shared_camera=auto``."""
+    if shared_camera == "never":
+        return {name: i for i, name in enumerate(sorted(sizes))}
+    index: dict[tuple[int, int], int] = {}
+    return {name: index.setdefault(sizes[name], len(index)) for name in sorted(sizes)}
+
+
+def initial_camera(model: str, width: int, height: int) -> pycolmap.Camera:
+    """COLMAP's default guess: focal 1.2 max(W, H), principal point at the centre, no distortion."""
+    cam = pycolmap.Camera.create_from_model_name(0, model, 1.2 * max(width, height), width, height)
+    cam.has_prior_focal_length = False
+    return cam
+
+
+def build_database(
+    db_path: Path,
+    features: dict[str, Features],
+    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    cfg: MappingConfig,
+    min_matches: int,
+) -> int:
+    """Write cameras, rigs, frames, images, keypoints and raw matches; return the number of pairs written.
+
+    Keypoints get COLMAP's +0.5 pixel origin. Pairs with fewer than ``min_matches`` matches are left out.
+    """
+    if db_path.exists():
+        db_path.unlink()
+    sizes = {name: f.image_size for name, f in features.items()}
+    groups = camera_groups(sizes, cfg.shared_camera)
+    written = 0
+    with pycolmap.Database.open(str(db_path)) as db, pycolmap.DatabaseTransaction(db):
+        camera_ids: dict[int, int] = {}
+        rig_ids: dict[int, int] = {}
+        image_ids: dict[str, int] = {}
+        for name in sorted(features):
+            g = groups[name]
+            if g not in camera_ids:
+                w, h = sizes[name]
+                camera_ids[g] = db.write_camera(initial_camera(cfg.camera_model, w, h))
+                rig = pycolmap.Rig()
+                rig.add_ref_sensor(pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=camera_ids[g]))
+                rig_ids[g] = db.write_rig(rig)
+            cam_id = camera_ids[g]
+            image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam_id))
+            frame = pycolmap.Frame(rig_id=rig_ids[g])
+            frame.add_data_id(
+                pycolmap.data_t(sensor_id=pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=cam_id), id=image_id)
+            )
+            db.write_frame(frame)
+            image_ids[name] = image_id
+            db.write_keypoints(image_id, features[name].keypoints.astype(np.float32) + 0.5)
+        for (a, b), (idx, _scores) in sorted(matches.items()):
+            if len(idx) >= min_matches and a in image_ids and b in image_ids:
+                db.write_matches(image_ids[a], image_ids[b], idx.astype(np.uint32))
+                written += 1
+    return written
+
+
+def verify(db_path: Path, cfg: MappingConfig) -> int:
+    """Geometric verification of every matched pair; return the number of verified pairs."""
+    tvg = pycolmap.TwoViewGeometryOptions()
+    tvg.min_num_inliers = cfg.min_num_inliers
+    tvg.ransac.random_seed = cfg.seed
+    verifier = pycolmap.GeometricVerifierOptions()
+    verifier.num_threads = cfg.num_threads
+    pycolmap.geometric_verification(str(db_path), verifier_options=verifier, two_view_geometry_options=tvg)
+    with pycolmap.Database.open(str(db_path)) as db:
+        return int(db.num_verified_image_pairs())
+
+
+def incremental(db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig) -> list[pycolmap.Reconstruction]:
+    """pycolmap incremental mapping; returns every model, largest first."""
+    opts = pycolmap.IncrementalPipelineOptions()
+    opts.min_model_size = cfg.min_model_size
+    opts.max_num_models = cfg.max_num_models
+    opts.num_threads = cfg.num_threads
+    opts.random_seed = cfg.seed
+    opts.mapper.random_seed = cfg.seed
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(tmp), options=opts)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(recs.values(), key=lambda r: r.num_reg_images(), reverse=True)
+
+
+def write_models(models: list[pycolmap.Reconstruction], out_dir: Path) -> None:
+    """Write ``out_dir/<k>/`` for every model (k = 0 is the largest), replacing ``out_dir`` atomically."""
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for k, rec in enumerate(models):
+            (tmp / str(k)).mkdir()
+            rec.write(str(tmp / str(k)))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+
+
+def poses_of(rec: pycolmap.Reconstruction) -> dict[str, tuple[list[float], list[float]]]:
+    """image name -> (R (9,), t (3,)) world-to-camera, for every registered image of ``rec``."""
+    out = {}
+    for image in rec.images.values():
+        if image.has_pose:
+            pose = image.cam_from_world()
+            out[image.name] = (pose.rotation.matrix().ravel().tolist(), np.asarray(pose.translation).ravel().tolist())
+    return out
+
+
+def run(scene_dir: Path, image_dir: Path, dataset: str, scene: str, num_images: int, cfg: MappingConfig, min_matches: int) -> SceneResult:
+    """Map one scene from its ``features.h5`` and match shards; write outputs; return the summary."""
+    result = SceneResult(dataset=dataset, scene=scene, num_images=num_images)
+    if not logger.isEnabledFor(logging.DEBUG):
+        pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
+    t0 = time.perf_counter()
+    try:
+        features = read_features_h5(scene_dir / "features.h5")
+        matches = matches_from_table(read_shards(scene_dir / "shards" / "matches", MATCH_SHARD_SCHEMA))
+        write_matches_h5(scene_dir / "matches.h5", matches, {n: len(f.keypoints) for n, f in features.items()})
+        result.num_pairs = build_database(scene_dir / "database.db", features, matches, cfg, min_matches)
+        result.seconds["database"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        result.num_verified_pairs = verify(scene_dir / "database.db", cfg) if result.num_pairs else 0
+        result.seconds["verification"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        models = incremental(scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg) if result.num_verified_pairs else []
+        write_models(models, scene_dir / "sparse")
+        result.seconds["mapping"] = time.perf_counter() - t2
+        result.model_sizes = [m.num_reg_images() for m in models]
+        if models:
+            result.poses = poses_of(models[0])
+    except Exception as exc:  # noqa: BLE001 - one scene's failure must not end the run
+        logger.exception("scene %s/%s: mapping failed", dataset, scene)
+        result.error = f"{type(exc).__name__}: {exc}"
+    write_text_atomic(scene_dir / "scene.json", json.dumps(asdict(result), indent=1))
+    return result

@@ -1,0 +1,105 @@
+"""Stage 3: choose which image pairs of a scene to match.
+
+Rule (:func:`select_pairs`):
+  * fewer than ``retrieval.exhaustive_below`` images: every pair (``"exhaustive"``);
+  * otherwise, with DINOv2 descriptors: the ``num_neighbors`` nearest neighbours of every image by
+    cosine similarity (``"dinov2-knn"``);
+  * otherwise (no DINOv2 weights), weights-free: nearest neighbours by the mean of each image's
+    L2-normalised ALIKED descriptors, plus the next ``sequential_window`` images in name order
+    (photo collections are often shot in sequence) (``"aliked-mean-knn+sequential"``).
+The pair count is O(N k) in both non-exhaustive cases. Pairs are unordered, sorted, ``name0 < name1``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from imc_ray.config import RetrievalConfig
+from imc_ray.formats import write_pairs
+from imc_ray.stages import features
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+
+
+def _ordered(a: str, b: str) -> Pair:
+    return (a, b) if a < b else (b, a)
+
+
+def exhaustive_pairs(names: list[str]) -> list[Pair]:
+    """Every unordered pair: N (N - 1) / 2."""
+    return sorted(_ordered(a, b) for a, b in itertools.combinations(names, 2))
+
+
+def knn_pairs(names: list[str], descriptors: np.ndarray, k: int) -> list[Pair]:
+    """Each image with its ``k`` most similar images.
+
+    descriptors: (N, D) float32, L2-normalised (cosine similarity = dot product).
+    Returns at most N k unordered pairs.
+    """
+    n = len(names)
+    k = min(k, n - 1)
+    if k <= 0:
+        return []
+    sim = descriptors @ descriptors.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return sorted({_ordered(names[i], names[int(j)]) for i in range(n) for j in nearest[i]})
+
+
+def sequential_pairs(names: list[str], window: int) -> list[Pair]:
+    """Each image with the next ``window`` images in sorted name order."""
+    order = sorted(names)
+    return sorted(
+        {_ordered(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, min(len(order), i + 1 + window))}
+    )
+
+
+def mean_local_descriptor(descriptors: np.ndarray) -> np.ndarray:
+    """Weights-free global descriptor: (N, D) local descriptors -> (D,) L2-normalised mean."""
+    if len(descriptors) == 0:
+        return np.zeros(descriptors.shape[1], np.float32)
+    d = descriptors / np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
+    m = d.mean(axis=0)
+    return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
+
+
+def select_pairs(
+    names: list[str],
+    cfg: RetrievalConfig,
+    global_descriptors: np.ndarray | None,
+    fallback_descriptors: np.ndarray | None,
+) -> tuple[list[Pair], str]:
+    """Pairs of one scene and the name of the method that chose them.
+
+    global_descriptors: (N, G) DINOv2 descriptors in ``names`` order, or None.
+    fallback_descriptors: (N, D) weights-free descriptors (see :func:`mean_local_descriptor`), or None.
+    """
+    if len(names) < cfg.exhaustive_below:
+        return exhaustive_pairs(names), "exhaustive"
+    if global_descriptors is not None:
+        return knn_pairs(names, global_descriptors, cfg.num_neighbors), "dinov2-knn"
+    if fallback_descriptors is None:
+        raise ValueError("select_pairs needs DINOv2 or fallback descriptors above retrieval.exhaustive_below")
+    knn = knn_pairs(names, fallback_descriptors, cfg.num_neighbors)
+    seq = sequential_pairs(names, cfg.sequential_window)
+    return sorted(set(knn) | set(seq)), "aliked-mean-knn+sequential"
+
+
+def run(scene_dir: Path, cfg: RetrievalConfig) -> tuple[list[Pair], str]:
+    """Consolidate a scene's features (see :func:`features.consolidate`), choose its pairs and write
+    ``pairs.txt``. Returns the pairs and the method that chose them."""
+    feats, glob = features.consolidate(scene_dir)
+    names = sorted(feats)
+    global_desc = np.stack([glob[n] for n in names]) if names and set(glob) == set(names) else None
+    fallback = None
+    if global_desc is None and len(names) >= cfg.exhaustive_below:
+        fallback = np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
+    pairs, method = select_pairs(names, cfg, global_desc, fallback)
+    write_pairs(scene_dir / "pairs.txt", pairs)
+    return pairs, method
