@@ -22,14 +22,16 @@ IMC 2024 (:func:`imc2024_maa`, :func:`imc2024_registration`)
     Camera centres after a similarity alignment found by an exhaustive triplet search with
     one refit on the inliers, per threshold. The search is vectorised and returns exactly what
     the public scorer's triple loop returns (the refined models are deduplicated by inlier
-    set, which cannot change the result). As in the public scorer, the similarity's scale is
+    set, which cannot change the result; triplet fits use the SVD rotation where the scorer uses
+    Horn's quaternion, which agree except for the rotation about the line through exactly
+    collinear centres, which is arbitrary in both). As in the public scorer, the similarity's scale is
     the ratio of the RMS deviations from the centroids, and a camera is an inlier when its
     distance is strictly below the threshold. Scenes with ``n <= 3`` ground-truth images
     score 0.0 (the formula's denominator ``n - 3`` is not positive). When more than
     :data:`EXACT_MAX_CAMERAS` cameras are registered, a fixed-seed random sample of
     :data:`SAMPLED_TRIPLETS` distinct triplets is searched instead; the result says so
-    (``mode == "sampled"``) and can only be lower than or equal to the exact value's
-    best-model inlier counts.
+    (``mode == "sampled"``); its inlier counts can only be lower than or equal to those of the
+    exact search (its candidate models are a subset).
 Pose AUC (:func:`pose_auc`)
     Scale-free: the error of a pair is ``max(rotation error, angle between the true and the
     predicted relative translation directions)`` in degrees (the sign of the translation is
@@ -57,7 +59,7 @@ import csv
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -455,19 +457,37 @@ def camera_centres(rot: FloatArray, trans: FloatArray) -> FloatArray:
     return np.asarray(-np.einsum("nji,nj->ni", rot, trans), dtype=np.float64)
 
 
-def _relative_poses(rot: FloatArray, trans: FloatArray) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
-    """Relative poses of all unordered pairs i < j: ``dR = R_j R_i^T``, ``dt = t_j - dR t_i``.
+def _pair_blocks(n: int, max_pairs: int = 1 << 20) -> Iterator[tuple[IntArray, IntArray]]:
+    """All unordered pairs i < j of range(n) in ``np.triu_indices`` order, in blocks of whole rows.
+
+    Yields:
+        i (P_b,), j (P_b,) with at most ``max_pairs`` pairs per block (or one row, if longer).
+    """
+    start = 0
+    while start < n - 1:
+        stop, count = start, 0
+        while stop < n - 1 and (count == 0 or count + (n - 1 - stop) <= max_pairs):
+            count += n - 1 - stop
+            stop += 1
+        rows = np.arange(start, stop, dtype=np.int64)
+        i = np.repeat(rows, n - 1 - rows)
+        j = np.concatenate([np.arange(r + 1, n, dtype=np.int64) for r in rows])
+        yield i, j
+        start = stop
+
+
+def _relative_poses(rot: FloatArray, trans: FloatArray, i: IntArray, j: IntArray) -> tuple[FloatArray, FloatArray]:
+    """Relative poses of pairs (i, j): ``dR = R_j R_i^T``, ``dt = t_j - dR t_i``.
 
     Args:
-        rot: (n, 3, 3); trans: (n, 3).
+        rot: (n, 3, 3); trans: (n, 3); i, j: (P,) indices.
 
     Returns:
-        i (P,), j (P,), dR (P, 3, 3), dt (P, 3) with P = n (n - 1) / 2.
+        dR (P, 3, 3), dt (P, 3).
     """
-    i, j = np.triu_indices(rot.shape[0], k=1)
     d_rot = np.einsum("pab,pcb->pac", rot[j], rot[i])
     d_t = trans[j] - np.einsum("pab,pb->pa", d_rot, trans[i])
-    return i.astype(np.int64), j.astype(np.int64), d_rot, d_t
+    return d_rot, d_t
 
 
 def _relative_rotation_trace(rot_a: FloatArray, rot_b: FloatArray) -> FloatArray:
@@ -490,17 +510,10 @@ def _angle_between_deg(a: FloatArray, b: FloatArray) -> FloatArray:
     return np.asarray(np.where(norm_a == 0, 0.0, angle), dtype=np.float64)
 
 
-def imc2023_pair_errors(truth: Mapping[str, Pose], pred: Mapping[str, Pose | None]) -> tuple[FloatArray, FloatArray]:
-    """IMC 2023 errors of every unordered pair of ground-truth images (sorted names, i < j).
-
-    Returns:
-        err_R (P,) in degrees and err_t (P,) in the truth's units; both are +inf for pairs with
-        an unregistered image.
-    """
-    _, r_gt, t_gt, r_pr, t_pr, registered = _stack(truth, pred)
-    i, j, dr_gt, dt_gt = _relative_poses(r_gt, t_gt)
-    _, _, dr_pr, dt_pr = _relative_poses(r_pr, t_pr)
-    ok = registered[i] & registered[j]
+def _imc2023_block(
+    dr_gt: FloatArray, dt_gt: FloatArray, dr_pr: FloatArray, dt_pr: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """IMC 2023 rotation (degrees) and translation errors of (P,) relative poses."""
     with np.errstate(invalid="ignore"):
         q_dot_sq = np.clip((_relative_rotation_trace(dr_gt, dr_pr) + 1.0) / 4.0, 0.0, 1.0)
         loss = np.maximum(IMC2023_EPS, 1.0 - q_dot_sq)
@@ -509,29 +522,66 @@ def imc2023_pair_errors(truth: Mapping[str, Pose], pred: Mapping[str, Pose | Non
         norm_pr = np.linalg.norm(dt_pr, axis=-1, keepdims=True)
         scaled = norm_gt * dt_pr / (norm_pr + IMC2023_EPS)
         err_t = np.minimum(np.linalg.norm(dt_gt - scaled, axis=-1), np.linalg.norm(dt_gt + scaled, axis=-1))
-    err_r = np.where(ok, err_r, np.inf)
-    err_t = np.where(ok, err_t, np.inf)
     return np.asarray(err_r, dtype=np.float64), np.asarray(err_t, dtype=np.float64)
 
 
+def _auc_block(dr_gt: FloatArray, dt_gt: FloatArray, dr_pr: FloatArray, dt_pr: FloatArray) -> FloatArray:
+    """Scale-free errors (degrees) of (P,) relative poses: max(rotation angle, direction angle)."""
+    with np.errstate(invalid="ignore"):
+        cos = np.clip((_relative_rotation_trace(dr_gt, dr_pr) - 1.0) / 2.0, -1.0, 1.0)
+        err_r = np.degrees(np.arccos(cos))
+        err_t = _angle_between_deg(dt_gt, dt_pr)
+    return np.asarray(np.maximum(err_r, err_t), dtype=np.float64)
+
+
+def _pair_errors(
+    truth: Mapping[str, Pose], pred: Mapping[str, Pose | None], kind: str
+) -> tuple[FloatArray, FloatArray]:
+    """Per-pair errors over all ground-truth pairs, computed in bounded-memory blocks.
+
+    Args:
+        kind: ``"imc2023"`` (returns err_R, err_t) or ``"auc"`` (returns err, err).
+
+    Returns:
+        Two (P,) arrays; +inf for pairs with an unregistered image.
+    """
+    _, r_gt, t_gt, r_pr, t_pr, registered = _stack(truth, pred)
+    first: list[FloatArray] = []
+    second: list[FloatArray] = []
+    for i, j in _pair_blocks(len(registered)):
+        dr_gt, dt_gt = _relative_poses(r_gt, t_gt, i, j)
+        dr_pr, dt_pr = _relative_poses(r_pr, t_pr, i, j)
+        ok = registered[i] & registered[j]
+        if kind == "imc2023":
+            a, b = _imc2023_block(dr_gt, dt_gt, dr_pr, dt_pr)
+        else:
+            a = b = _auc_block(dr_gt, dt_gt, dr_pr, dt_pr)
+        first.append(np.where(ok, a, np.inf))
+        second.append(np.where(ok, b, np.inf))
+    if not first:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(first), np.concatenate(second)
+
+
+def imc2023_pair_errors(truth: Mapping[str, Pose], pred: Mapping[str, Pose | None]) -> tuple[FloatArray, FloatArray]:
+    """IMC 2023 errors of every unordered pair of ground-truth images (sorted names, i < j).
+
+    Returns:
+        err_R (P,) in degrees and err_t (P,) in the truth's units; both are +inf for pairs with
+        an unregistered image.
+    """
+    return _pair_errors(truth, pred, "imc2023")
+
+
 def auc_pair_errors(truth: Mapping[str, Pose], pred: Mapping[str, Pose | None]) -> FloatArray:
-    """Scale-free error of every unordered ground-truth pair, in degrees.
+    """Scale-free error of every unordered ground-truth pair (sorted names, i < j), in degrees.
 
     ``max(angle of dR_gt^T dR, angle between dt_gt and dt)``; +inf where an image is unregistered.
 
     Returns:
         (P,) errors.
     """
-    _, r_gt, t_gt, r_pr, t_pr, registered = _stack(truth, pred)
-    i, j, dr_gt, dt_gt = _relative_poses(r_gt, t_gt)
-    _, _, dr_pr, dt_pr = _relative_poses(r_pr, t_pr)
-    ok = registered[i] & registered[j]
-    with np.errstate(invalid="ignore"):
-        cos = np.clip((_relative_rotation_trace(dr_gt, dr_pr) - 1.0) / 2.0, -1.0, 1.0)
-        err_r = np.degrees(np.arccos(cos))
-        err_t = _angle_between_deg(dt_gt, dt_pr)
-    err = np.maximum(err_r, err_t)
-    return np.asarray(np.where(ok, err, np.inf), dtype=np.float64)
+    return _pair_errors(truth, pred, "auc")[0]
 
 
 def auc_from_errors(errors: FloatArray, thresholds: Sequence[float]) -> list[float]:
@@ -799,7 +849,7 @@ def _best_inlier_counts(src: FloatArray, dst: FloatArray, thresholds: FloatArray
 
 
 def imc2024_registration(
-    truth: Mapping[str, Pose], pred: Mapping[str, Pose | None], thresholds: Sequence[float]
+    truth: Mapping[str, Pose], pred: Mapping[str, Pose | None], thresholds: Sequence[float] | FloatArray
 ) -> Imc2024Result:
     """IMC 2024 camera-centre registration of one scene (see the module docstring).
 
@@ -827,7 +877,9 @@ def imc2024_registration(
     )
 
 
-def imc2024_maa(truth: Mapping[str, Pose], pred: Mapping[str, Pose | None], thresholds: Sequence[float]) -> float:
+def imc2024_maa(
+    truth: Mapping[str, Pose], pred: Mapping[str, Pose | None], thresholds: Sequence[float] | FloatArray
+) -> float:
     """IMC 2024 mAA of one scene (0.0 when the scene has 3 or fewer ground-truth images)."""
     return imc2024_registration(truth, pred, thresholds).maa
 

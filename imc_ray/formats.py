@@ -190,7 +190,9 @@ def write_global_h5(path: Path, descriptors: dict[str, np.ndarray]) -> None:
             f.create_group(name).create_dataset("global_descriptor", data=descriptors[name].astype(np.float32))
 
 
-def write_matches_h5(path: Path, matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], num_kp0: dict[str, int]) -> None:
+def write_matches_h5(
+    path: Path, matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], num_kp0: dict[str, int]
+) -> None:
     """Write ``matches.h5`` from compact matches.
 
     matches: (name0, name1) -> (indices (M, 2) int, scores (M,) float).
@@ -199,7 +201,7 @@ def write_matches_h5(path: Path, matches: dict[tuple[str, str], tuple[np.ndarray
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["imc_ray_format"] = FORMAT_VERSION
         f.attrs["kind"] = "matches"
-        for (name0, name1) in sorted(matches):
+        for name0, name1 in sorted(matches):
             idx, scores = matches[(name0, name1)]
             m0 = np.full(num_kp0[name0], -1, dtype=np.int32)
             s0 = np.zeros(num_kp0[name0], dtype=np.float32)

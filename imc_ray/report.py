@@ -58,9 +58,8 @@ def summary_table(rep: dict[str, Any]) -> str:
         tot_reg += reg
         models = ",".join(map(str, s.get("model_sizes", []))) or "-"
         note = s.get("pairs_method", "") + (f"  ERROR {s['error']}" if s.get("error") else "")
-        lines.append(
-            f"{key:<32} {n:>6} {reg:>5} {s.get('num_pairs', 0):>6} {s.get('num_verified_pairs', 0):>6} {models:>6}  {note}"
-        )
+        pairs, verified = s.get("num_pairs", 0), s.get("num_verified_pairs", 0)
+        lines.append(f"{key:<32} {n:>6} {reg:>5} {pairs:>6} {verified:>6} {models:>6}  {note}")
     lines.append(f"{'total':<32} {tot_img:>6} {tot_reg:>5}")
     stages = ", ".join(
         f"{name} {st.get('seconds', st.get('seconds_after_matching', 0.0)):.1f}s" for name, st in rep["stages"].items()

@@ -15,10 +15,12 @@ from imc_ray.evaluate import (
     SAMPLED_TRIPLETS,
     EvaluationError,
     Pose,
+    _pair_blocks,
     auc_from_errors,
     evaluate,
     format_table,
     imc2023_maa,
+    imc2023_pair_errors,
     imc2024_maa,
     imc2024_registration,
     pose_auc,
@@ -206,6 +208,52 @@ def test_camera_rotated_4_5_degrees_passes_only_loose_levels() -> None:
     assert aucs[1] == pytest.approx(a0, abs=1e-5)
     assert aucs[5] == pytest.approx((ramp + 0.5) / 5, abs=1e-5)  # then recall 1 from 4.5 to 5
     assert aucs[10] == pytest.approx((ramp + 5.5) / 10, abs=1e-5)
+
+
+def quaternion(rot: np.ndarray) -> np.ndarray:
+    """Unit quaternion of a (3, 3) rotation: eigenvector of the symmetric K matrix (Bar-Itzhack)."""
+    m = rot
+    k = np.array(
+        [
+            [m[0, 0] - m[1, 1] - m[2, 2], 0.0, 0.0, 0.0],
+            [m[0, 1] + m[1, 0], m[1, 1] - m[0, 0] - m[2, 2], 0.0, 0.0],
+            [m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], m[2, 2] - m[0, 0] - m[1, 1], 0.0],
+            [m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1], m[0, 0] + m[1, 1] + m[2, 2]],
+        ]
+    )
+    w, v = np.linalg.eigh(k / 3.0)
+    return v[:, np.argmax(w)]
+
+
+def test_imc2023_errors_match_the_quaternion_formula() -> None:
+    truth = make_scene(6, seed=9)
+    rng = np.random.default_rng(4)
+    pred = {
+        name: Pose(rotation(rng.normal(size=3), rng.uniform(0, 40)) @ p.R, p.t + rng.normal(scale=0.5, size=3))
+        for name, p in truth.items()
+    }
+    err_r, err_t = imc2023_pair_errors(truth, pred)
+    names = sorted(truth)
+    for k, (a, b) in enumerate(itertools.combinations(names, 2)):
+        eps = 1e-15
+        d_gt = truth[b].R @ truth[a].R.T
+        d_pr = pred[b].R @ pred[a].R.T
+        t_gt = truth[b].t - d_gt @ truth[a].t
+        t_pr = pred[b].t - d_pr @ pred[a].t
+        loss = max(eps, 1.0 - float(quaternion(d_gt) @ quaternion(d_pr)) ** 2)
+        assert err_r[k] == pytest.approx(math.degrees(math.acos(1 - 2 * loss)), abs=1e-6)
+        scaled = np.linalg.norm(t_gt) * t_pr / (np.linalg.norm(t_pr) + eps)
+        expected_t = min(np.linalg.norm(t_gt - scaled), np.linalg.norm(t_gt + scaled))
+        assert err_t[k] == pytest.approx(expected_t, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "max_pairs"), [(0, 5), (1, 5), (2, 1), (7, 1), (7, 6), (9, 100)])
+def test_pair_blocks_cover_all_pairs_in_order(n: int, max_pairs: int) -> None:
+    blocks = list(_pair_blocks(n, max_pairs))
+    i = np.concatenate([b[0] for b in blocks]) if blocks else np.zeros(0, dtype=int)
+    j = np.concatenate([b[1] for b in blocks]) if blocks else np.zeros(0, dtype=int)
+    ti, tj = np.triu_indices(n, k=1)
+    assert np.array_equal(i, ti) and np.array_equal(j, tj)
 
 
 def test_auc_from_known_errors() -> None:

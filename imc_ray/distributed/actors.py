@@ -74,7 +74,9 @@ class GlobalDescriptorActor:
         ok = [i for i, e in enumerate(batch["error"]) if not e]
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(batch["error"])
         if ok:
-            desc = retrieval.describe(self.model, [batch["image"][i] for i in ok], self.cfg.retrieval.image_size, self.device)
+            desc = retrieval.describe(
+                self.model, [batch["image"][i] for i in ok], self.cfg.retrieval.image_size, self.device
+            )
             for j, i in enumerate(ok):
                 out[i] = desc[j]
         return {**batch, "global_descriptor": _object_array(out)}
@@ -111,7 +113,9 @@ class FeatureActor:
                 (str(batch["name"][i]), f, g if g is not None and len(g) else None)
             )
         for (dataset, scene), items in by_scene.items():
-            write_shard(scene_dir(self.output, dataset, scene) / "shards" / "features", feature_rows(dataset, scene, items))
+            write_shard(
+                scene_dir(self.output, dataset, scene) / "shards" / "features", feature_rows(dataset, scene, items)
+            )
         return {
             "dataset": batch["dataset"],
             "scene": batch["scene"],
@@ -139,11 +143,15 @@ class MatcherActor:
             dataset, scene = str(batch["dataset"][i]), str(batch["scene"][i])
             name0, name1 = str(batch["name0"][i]), str(batch["name1"][i])
             h5 = scene_dir(self.output, dataset, scene) / "features.h5"
-            idx, scores = matching.match_pair(self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device)
+            idx, scores = matching.match_pair(
+                self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device
+            )
             num_matches[i] = len(idx)
             by_scene[(dataset, scene)].append((name0, name1, idx, scores))
         for (dataset, scene), items in by_scene.items():
-            write_shard(scene_dir(self.output, dataset, scene) / "shards" / "matches", match_rows(dataset, scene, items))
+            write_shard(
+                scene_dir(self.output, dataset, scene) / "shards" / "matches", match_rows(dataset, scene, items)
+            )
         return {
             "dataset": batch["dataset"],
             "scene": batch["scene"],

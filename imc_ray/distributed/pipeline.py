@@ -13,6 +13,8 @@ Flow::
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import time
@@ -127,11 +129,15 @@ def _features_and_pairs(
     rep["retrieval"] = {"dinov2": use_dinov2, "reason": reason or ""}
 
     items = [{"dataset": r.dataset, "scene": r.scene, "name": r.name, "path": r.path} for s in scenes for r in s.images]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(1, cfg.compute.image_batch_size)))
-    ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=cfg.compute.image_batch_size, num_cpus=0.5)
+    ds: ray.data.Dataset = ray.data.from_items(
+        items, override_num_blocks=max(1, len(items) // max(1, cfg.compute.image_batch_size))
+    )
+    ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=cfg.compute.image_batch_size, num_cpus=0.5)
     pool = _pool(cfg, gpus)
     if use_dinov2:
-        ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.compute.image_batch_size, **pool)
+        ds = ds.map_batches(
+            GlobalDescriptorActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.compute.image_batch_size, **pool
+        )
     ds = ds.map_batches(
         FeatureActor,
         fn_constructor_kwargs={"cfg": cfg, "output": str(output)},
@@ -148,7 +154,9 @@ def _features_and_pairs(
                 key = (str(batch["dataset"][i]), str(batch["scene"][i]))
                 err = str(batch["error"][i])
                 if err:
-                    rep["errors"].append({"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err})
+                    rep["errors"].append(
+                        {"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err}
+                    )
                     logger.warning("skipped: %s", err)
                 n_kp += int(batch["num_keypoints"][i])
                 remaining[key] -= 1
@@ -177,12 +185,24 @@ def _match_and_map(
     t0 = time.perf_counter()
     by_key = {(s.dataset, s.name): s for s in scenes}
     map_task = ray.remote(num_cpus=cfg.compute.mapping_cpus)(mapping.run)
-    opts = {"cfg": cfg.mapping, "min_matches": cfg.matching.min_matches}
+    map_cfg = cfg.mapping
+    if map_cfg.num_threads == -1:  # pycolmap's -1 means every core of the machine, not the task's share
+        map_cfg = dataclasses.replace(map_cfg, num_threads=cfg.compute.mapping_cpus)
     futures = []
 
     def submit(key: tuple[str, str]) -> None:
         s = by_key[key]
-        futures.append(map_task.remote(scene_dir(output, *key), s.image_dir, s.dataset, s.name, len(s.images), **opts))
+        futures.append(
+            map_task.remote(
+                scene_dir(output, *key),
+                s.image_dir,
+                s.dataset,
+                s.name,
+                len(s.images),
+                map_cfg,
+                cfg.matching.min_matches,
+            )
+        )
 
     remaining = Counter({k: len(p) for k, p in scene_pairs.items()})
     for key in sorted(scene_pairs):
@@ -193,7 +213,9 @@ def _match_and_map(
     ]
     n_matches = 0
     if rows:
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // max(1, cfg.compute.pair_batch_size)))
+        ds: ray.data.Dataset = ray.data.from_items(
+            rows, override_num_blocks=max(1, len(rows) // max(1, cfg.compute.pair_batch_size))
+        )
         ds = ds.map_batches(
             MatcherActor,
             fn_constructor_kwargs={"cfg": cfg, "output": str(output)},

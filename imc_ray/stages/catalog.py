@@ -147,8 +147,7 @@ def decode_image(path: str | Path, cfg: ImagesConfig) -> np.ndarray:
                         "downscale the image or raise images.max_pixels"
                     )
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                arr = _pil_to_rgb(im, cfg.background)
+                arr = _pil_to_rgb(ImageOps.exif_transpose(im), cfg.background)
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -53,7 +53,7 @@ def extract(
     out: list[Features] = []
     for small, (w, h) in zip(images, original_sizes, strict=True):
         sh, sw = small.shape[:2]
-        x = torch.from_numpy(np.ascontiguousarray(small)).to(device).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(small, copy=True)).to(device).permute(2, 0, 1)[None].float() / 255.0
         pred = model({"image": x})
         kp = pred["keypoints"][0].cpu().numpy()
         out.append(

