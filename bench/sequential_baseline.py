@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from common import TIMINGS_FILE, StageTimer, machine_info, package_versions, setup_logging, write_json
 
 logger = logging.getLogger(__name__)
@@ -174,7 +173,9 @@ def run(root: Path, out: Path, preset: str, overrides: list[str], pairs_from: Pa
         with st("verification"):
             verified = mapping.verify(db_path, cfg.mapping) if kept else 0
         with st("mapping"):
-            models = mapping.incremental(db_path, scene.image_dir, scene_out / "sparse", cfg.mapping) if verified else []
+            models = (
+                mapping.incremental(db_path, scene.image_dir, scene_out / "sparse", cfg.mapping) if verified else []
+            )
             mapping.write_models(models, scene_out / "sparse")
         poses = mapping.poses_of(models[0]) if models else {}
         all_poses[(scene.dataset, scene.name)] = poses
@@ -247,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     rep = run(args.root, args.out, args.preset, args.overrides, args.pairs_from)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in rep["stages"].items())
-    print(f"sequential baseline: {rep['registered']}/{rep['images']} registered; {stages}; total {rep['seconds_total']:.1f}s")
+    print(
+        f"sequential baseline: {rep['registered']}/{rep['images']} registered; {stages}; "
+        f"total {rep['seconds_total']:.1f}s"
+    )
     return 0 if rep["registered"] else 1
 
 

@@ -9,6 +9,7 @@ resolved config is written to ``run.json`` beside the outputs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import typing
 from collections.abc import Iterable, Mapping
@@ -202,6 +203,27 @@ def _replace(obj: Any, updates: Mapping[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def _digest(*parts: object) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stage_keys(cfg: RunConfig) -> dict[str, str]:
+    """Digest of the settings each stage's outputs depend on, including every stage before it.
+
+    Compute settings (actor counts, batch sizes) change speed, not results, and are left out.
+    """
+    images = dataclasses.asdict(cfg.images)
+    features = _digest(images, dataclasses.asdict(cfg.features))
+    glob = _digest(images, cfg.features.resize, cfg.retrieval.model, cfg.retrieval.weights, cfg.retrieval.image_size)
+    matches = _digest(features, dataclasses.asdict(cfg.matching))
+    return {
+        "global": glob,
+        "features": features,
+        "matches": matches,
+        "mapping": _digest(matches, dataclasses.asdict(cfg.mapping)),
+    }
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """Turn ``["features.max_keypoints=1024", ...]`` into a nested mapping."""
     tree: dict[str, Any] = {}
@@ -251,4 +273,5 @@ __all__ = [
     "RunConfig",
     "build_config",
     "parse_overrides",
+    "stage_keys",
 ]

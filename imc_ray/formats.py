@@ -10,8 +10,9 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
         pairs.txt                  "name0 name1" per line (hloc pairs file)
         matches.h5                 hloc-compatible matches, one group per pair_key(name0, name1)
-        shards/features/*.parquet  Arrow shards written by the feature actors (one writer each)
-        shards/matches/*.parquet   Arrow shards written by the matcher actors (one writer each)
+        shards/global-<key>/*.parquet    Arrow shards written by the DINOv2 actors (one writer each)
+        shards/features-<key>/*.parquet  Arrow shards written by the ALIKED actors (one writer each)
+        shards/matches-<key>/*.parquet   Arrow shards written by the LightGlue actors (one writer each)
         database.db                COLMAP database (keypoints, matches, two-view geometries)
         sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...)
         scene.json                 mapping summary of the scene
@@ -35,7 +36,9 @@ Parquet shards use portable Arrow types only (no Ray tensor extension types); ar
 row-major into ``list<...>`` columns with their shape in the scalar columns (schemas below).
 
 Every file is written under a temporary name in the same directory and renamed into place, so a
-reader never sees a half-written file.
+reader never sees a half-written file. ``<key>`` is a digest of the settings that shape a stage and
+every stage before it (``config.stage_keys``): a rerun with the same settings reuses committed shards
+(resume), and a changed setting writes to new directories instead of mixing outputs of two configs.
 """
 
 from __future__ import annotations
@@ -66,9 +69,18 @@ FEATURE_SHARD_SCHEMA = pa.schema(
         ("keypoints", pa.list_(pa.float32())),  # (N*2,)
         ("scores", pa.list_(pa.float32())),  # (N,)
         ("descriptors", pa.list_(pa.float32())),  # (N*D,), row-major (N, D)
-        ("global_descriptor", pa.list_(pa.float32())),  # (G,) or empty
     ],
     metadata={"imc_ray_format": str(FORMAT_VERSION), "kind": "features"},
+)
+
+GLOBAL_SHARD_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("scene", pa.string()),
+        ("name", pa.string()),
+        ("global_descriptor", pa.list_(pa.float32())),  # (G,)
+    ],
+    metadata={"imc_ray_format": str(FORMAT_VERSION), "kind": "global"},
 )
 
 MATCH_SHARD_SCHEMA = pa.schema(
@@ -227,6 +239,28 @@ def read_matches_h5(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.
 # ----------------------------------------------------------------------------- Parquet shards
 
 
+def shard_dir(scene: Path, kind: str, key: str) -> Path:
+    """Directory of one stage's shards for one config key, e.g. ``shards/features-<key>``.
+
+    A different key (a changed setting) never reads or mixes the shards of another."""
+    return scene / "shards" / f"{kind}-{key}"
+
+
+def _shard_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+
+
+def done_keys(directory: Path, columns: tuple[str, ...]) -> set[tuple[str, ...]]:
+    """The rows already committed in a shard directory, as tuples of ``columns`` (resume)."""
+    out: set[tuple[str, ...]] = set()
+    for p in _shard_files(directory):
+        d = pq.read_table(p, columns=list(columns)).to_pydict()
+        out.update(zip(*(d[c] for c in columns), strict=True))
+    return out
+
+
 def write_shard(directory: Path, table: pa.Table) -> Path:
     """Write one Arrow shard under a fresh unique name, atomically; return its path."""
     path = directory / f"{uuid.uuid4().hex}.parquet"
@@ -237,7 +271,7 @@ def write_shard(directory: Path, table: pa.Table) -> Path:
 
 def read_shards(directory: Path, schema: pa.Schema) -> pa.Table:
     """Concatenate every committed shard of a directory (temporary files are ignored)."""
-    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    files = _shard_files(directory)
     if not files:
         return schema.empty_table()
     tables = []
@@ -249,28 +283,28 @@ def read_shards(directory: Path, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def feature_rows(dataset: str, scene: str, items: list[tuple[str, Features, np.ndarray | None]]) -> pa.Table:
-    """Arrow table (FEATURE_SHARD_SCHEMA) of ``(name, features, global descriptor or None)``."""
-    cols: dict[str, list[object]] = {n: [] for n in FEATURE_SHARD_SCHEMA.names}
-    for name, f, g in items:
-        cols["dataset"].append(dataset)
-        cols["scene"].append(scene)
-        cols["name"].append(name)
-        cols["width"].append(f.image_size[0])
-        cols["height"].append(f.image_size[1])
-        cols["num_keypoints"].append(len(f.keypoints))
-        cols["descriptor_dim"].append(f.descriptors.shape[1])
-        cols["keypoints"].append(f.keypoints.astype(np.float32).ravel())
-        cols["scores"].append(f.scores.astype(np.float32))
-        cols["descriptors"].append(f.descriptors.astype(np.float32).ravel())
-        cols["global_descriptor"].append(np.zeros(0, np.float32) if g is None else g.astype(np.float32))
-    return pa.Table.from_pydict(cols, schema=FEATURE_SHARD_SCHEMA)
+def feature_rows(dataset: str, scene: str, items: list[tuple[str, Features]]) -> pa.Table:
+    """Arrow table (FEATURE_SHARD_SCHEMA) of ``(name, features)``."""
+    return pa.Table.from_pydict(
+        {
+            "dataset": [dataset] * len(items),
+            "scene": [scene] * len(items),
+            "name": [n for n, _ in items],
+            "width": [f.image_size[0] for _, f in items],
+            "height": [f.image_size[1] for _, f in items],
+            "num_keypoints": [len(f.keypoints) for _, f in items],
+            "descriptor_dim": [f.descriptors.shape[1] for _, f in items],
+            "keypoints": [f.keypoints.astype(np.float32).ravel() for _, f in items],
+            "scores": [f.scores.astype(np.float32) for _, f in items],
+            "descriptors": [f.descriptors.astype(np.float32).ravel() for _, f in items],
+        },
+        schema=FEATURE_SHARD_SCHEMA,
+    )
 
 
-def features_from_table(table: pa.Table) -> tuple[dict[str, Features], dict[str, np.ndarray]]:
-    """Inverse of :func:`feature_rows`: name -> Features, and name -> global descriptor (if any)."""
+def features_from_table(table: pa.Table) -> dict[str, Features]:
+    """Inverse of :func:`feature_rows`: name -> Features."""
     feats: dict[str, Features] = {}
-    glob: dict[str, np.ndarray] = {}
     d = table.to_pydict()
     for i, name in enumerate(d["name"]):
         n, dim = d["num_keypoints"][i], d["descriptor_dim"][i]
@@ -280,9 +314,26 @@ def features_from_table(table: pa.Table) -> tuple[dict[str, Features], dict[str,
             descriptors=np.asarray(d["descriptors"][i], np.float32).reshape(n, dim),
             image_size=(d["width"][i], d["height"][i]),
         )
-        if d["global_descriptor"][i]:
-            glob[name] = np.asarray(d["global_descriptor"][i], np.float32)
-    return feats, glob
+    return feats
+
+
+def global_rows(dataset: str, scene: str, items: list[tuple[str, np.ndarray]]) -> pa.Table:
+    """Arrow table (GLOBAL_SHARD_SCHEMA) of ``(name, descriptor (G,))``."""
+    return pa.Table.from_pydict(
+        {
+            "dataset": [dataset] * len(items),
+            "scene": [scene] * len(items),
+            "name": [n for n, _ in items],
+            "global_descriptor": [g.astype(np.float32) for _, g in items],
+        },
+        schema=GLOBAL_SHARD_SCHEMA,
+    )
+
+
+def globals_from_table(table: pa.Table) -> dict[str, np.ndarray]:
+    """Inverse of :func:`global_rows`: name -> (G,) float32."""
+    d = table.to_pydict()
+    return {n: np.asarray(g, np.float32) for n, g in zip(d["name"], d["global_descriptor"], strict=True)}
 
 
 def match_rows(dataset: str, scene: str, items: list[tuple[str, str, np.ndarray, np.ndarray]]) -> pa.Table:

@@ -10,12 +10,16 @@ import pytest
 
 from imc_ray.formats import (
     FEATURE_SHARD_SCHEMA,
+    GLOBAL_SHARD_SCHEMA,
     MATCH_SHARD_SCHEMA,
     Features,
     FormatError,
     atomic_path,
+    done_keys,
     feature_rows,
     features_from_table,
+    global_rows,
+    globals_from_table,
     match_rows,
     matches_from_table,
     pair_key,
@@ -83,14 +87,18 @@ def test_wrong_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_shards_use_portable_arrow_types(tmp_path: Path) -> None:
-    feats = [("a.jpg", _features(5, 0), np.ones(4, np.float32)), ("b.jpg", _features(2, 1), None)]
+    feats = [("a.jpg", _features(5, 0)), ("b.jpg", _features(2, 1))]
     p = write_shard(tmp_path / "f", feature_rows("ds", "sc", feats))
     plain = pq.read_table(p)  # plain pyarrow, no Ray: the shapes survive
     assert plain.schema.field("keypoints").type == pa.list_(pa.float32())
-    back, glob = features_from_table(read_shards(tmp_path / "f", FEATURE_SHARD_SCHEMA))
+    back = features_from_table(read_shards(tmp_path / "f", FEATURE_SHARD_SCHEMA))
     np.testing.assert_array_equal(back["a.jpg"].descriptors, feats[0][1].descriptors)
     assert back["b.jpg"].keypoints.shape == (2, 2)
-    assert set(glob) == {"a.jpg"}
+    assert done_keys(tmp_path / "f", ("name",)) == {("a.jpg",), ("b.jpg",)}
+
+    g = np.arange(4, dtype=np.float32)
+    write_shard(tmp_path / "g", global_rows("ds", "sc", [("a.jpg", g)]))
+    np.testing.assert_array_equal(globals_from_table(read_shards(tmp_path / "g", GLOBAL_SHARD_SCHEMA))["a.jpg"], g)
 
     m = [("a.jpg", "b.jpg", np.array([[0, 1], [3, 0]], np.int32), np.array([0.5, 0.25], np.float32))]
     write_shard(tmp_path / "m", match_rows("ds", "sc", m))

@@ -78,7 +78,7 @@ def test_hloc_files_agree_with_colmap_database(sample_run: Run) -> None:
         idx, _ = read_matches_h5(scene / "matches.h5", a, b)
         db_matches = db.read_matches(ids[a], ids[b])
         np.testing.assert_array_equal(np.sort(db_matches[:, 0]), np.sort(idx[:, 0]))
-    shards = list((scene / "shards" / "matches").glob("*.parquet"))
+    shards = list((scene / "shards").glob("matches-*/*.parquet"))
     assert shards
     assert pq.read_table(shards[0]).schema.field("matches").type == pa.list_(pa.int32())
     rec = pycolmap.Reconstruction(str(scene / "sparse" / "0"))

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from imc_ray.config import ComputeConfig, RunConfig
-from imc_ray.formats import feature_rows, match_rows, scene_dir, write_shard
+from imc_ray.formats import Features, feature_rows, global_rows, match_rows, scene_dir, shard_dir, write_shard
 from imc_ray.stages import catalog, features, matching, retrieval
 
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 def select_device(compute: ComputeConfig) -> torch.device:
@@ -62,60 +64,87 @@ def decode_batch(batch: Batch, cfg: RunConfig) -> Batch:
     }
 
 
-class GlobalDescriptorActor:
-    """DINOv2 (stage 2) on a batch of decoded images; adds ``global_descriptor`` (B, G)."""
+def _retry(attempts: int, fn: Callable[[], T]) -> T:
+    """Call ``fn`` up to ``attempts`` times; re-raise the last error."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            logger.warning("attempt %d failed; retrying", attempt + 1, exc_info=True)
+    raise AssertionError("unreachable")
 
-    def __init__(self, cfg: RunConfig) -> None:
+
+ATTEMPTS = 2
+"""Tries per item inside an actor before the item is recorded as a per-item error."""
+
+
+def _scene_of(batch: Batch, i: int) -> tuple[str, str]:
+    return str(batch["dataset"][i]), str(batch["scene"][i])
+
+
+class GlobalDescriptorActor:
+    """DINOv2 (stage 2) on a batch of decoded images; writes one global-descriptor shard per scene.
+
+    Passes the batch on unchanged; rows whose ``error`` is set, or with ``need_global`` false, are skipped.
+    """
+
+    def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
         self.cfg = cfg
+        self.output = Path(output)
+        self.key = key
         self.device = select_device(cfg.compute)
         self.model = retrieval.load_dinov2(cfg.retrieval, self.device)
 
     def __call__(self, batch: Batch) -> Batch:
-        ok = [i for i, e in enumerate(batch["error"]) if not e]
-        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(batch["error"])
-        if ok:
+        todo = [i for i, e in enumerate(batch["error"]) if not e and batch["need_global"][i]]
+        if todo:
             desc = retrieval.describe(
-                self.model, [batch["image"][i] for i in ok], self.cfg.retrieval.image_size, self.device
+                self.model, [batch["image"][i] for i in todo], self.cfg.retrieval.image_size, self.device
             )
-            for j, i in enumerate(ok):
-                out[i] = desc[j]
-        return {**batch, "global_descriptor": _object_array(out)}
+            by_scene: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = defaultdict(list)
+            for j, i in enumerate(todo):
+                by_scene[_scene_of(batch, i)].append((str(batch["name"][i]), desc[j]))
+            for (dataset, scene), items in by_scene.items():
+                shards = shard_dir(scene_dir(self.output, dataset, scene), "global", self.key)
+                write_shard(shards, global_rows(dataset, scene, items))
+        return batch
 
 
 class FeatureActor:
     """ALIKED (stage 4) on a batch; writes one feature shard per scene in the batch and returns
     only small metadata rows (no pixels, no features) to the driver."""
 
-    def __init__(self, cfg: RunConfig, output: str) -> None:
+    def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
         self.cfg = cfg
         self.output = Path(output)
+        self.key = key
         self.device = select_device(cfg.compute)
         self.model = features.load_aliked(cfg.features, self.device)
+
+    def _extract(self, batch: Batch, i: int) -> Features:
+        size = (int(batch["width"][i]), int(batch["height"][i]))
+        return features.extract(self.model, [batch["image"][i]], [size], self.device)[0]
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["error"])
         errors = [str(e) for e in batch["error"]]
         num_kp = np.zeros(n, np.int32)
-        by_scene: dict[tuple[str, str], list[tuple[str, Any, Any]]] = defaultdict(list)
+        by_scene: dict[tuple[str, str], list[tuple[str, Features]]] = defaultdict(list)
         for i in range(n):
-            if errors[i]:
+            if errors[i] or not batch["need_features"][i]:
                 continue
             try:
-                f = features.extract(
-                    self.model, [batch["image"][i]], [(int(batch["width"][i]), int(batch["height"][i]))], self.device
-                )[0]
+                f = _retry(ATTEMPTS, lambda i=i: self._extract(batch, i))  # type: ignore[misc]
             except Exception as exc:  # noqa: BLE001 - a per-image failure is recorded, the batch goes on
                 errors[i] = f"{batch['path'][i]}: feature extraction failed ({type(exc).__name__}: {exc})"
                 continue
             num_kp[i] = len(f.keypoints)
-            g = batch["global_descriptor"][i] if "global_descriptor" in batch else None
-            by_scene[(str(batch["dataset"][i]), str(batch["scene"][i]))].append(
-                (str(batch["name"][i]), f, g if g is not None and len(g) else None)
-            )
+            by_scene[_scene_of(batch, i)].append((str(batch["name"][i]), f))
         for (dataset, scene), items in by_scene.items():
-            write_shard(
-                scene_dir(self.output, dataset, scene) / "shards" / "features", feature_rows(dataset, scene, items)
-            )
+            shards = shard_dir(scene_dir(self.output, dataset, scene), "features", self.key)
+            write_shard(shards, feature_rows(dataset, scene, items))
         return {
             "dataset": batch["dataset"],
             "scene": batch["scene"],
@@ -126,36 +155,45 @@ class FeatureActor:
 
 
 class MatcherActor:
-    """LightGlue (stage 5) on a batch of pairs; writes one match shard per scene in the batch."""
+    """LightGlue (stage 5) on a batch of pairs; writes one match shard per scene in the batch.
 
-    def __init__(self, cfg: RunConfig, output: str) -> None:
+    A pair that fails twice gets an ``error`` and is left out of the shard (a rerun retries it)."""
+
+    def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
         self.cfg = cfg
         self.output = Path(output)
+        self.key = key
         self.device = select_device(cfg.compute)
         self.model = matching.load_lightglue(cfg.matching, self.device)
         self.cache = matching.FeatureCache()
 
+    def _match(self, h5: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+        return matching.match_pair(self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device)
+
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["name0"])
         num_matches = np.zeros(n, np.int32)
+        errors = [""] * n
         by_scene: dict[tuple[str, str], list[tuple[str, str, np.ndarray, np.ndarray]]] = defaultdict(list)
         for i in range(n):
-            dataset, scene = str(batch["dataset"][i]), str(batch["scene"][i])
+            dataset, scene = _scene_of(batch, i)
             name0, name1 = str(batch["name0"][i]), str(batch["name1"][i])
             h5 = scene_dir(self.output, dataset, scene) / "features.h5"
-            idx, scores = matching.match_pair(
-                self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device
-            )
+            try:
+                idx, scores = _retry(ATTEMPTS, lambda h5=h5, a=name0, b=name1: self._match(h5, a, b))  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - a per-pair failure is recorded, the batch goes on
+                errors[i] = f"{dataset}/{scene}: matching {name0} with {name1} failed ({type(exc).__name__}: {exc})"
+                continue
             num_matches[i] = len(idx)
             by_scene[(dataset, scene)].append((name0, name1, idx, scores))
         for (dataset, scene), items in by_scene.items():
-            write_shard(
-                scene_dir(self.output, dataset, scene) / "shards" / "matches", match_rows(dataset, scene, items)
-            )
+            shards = shard_dir(scene_dir(self.output, dataset, scene), "matches", self.key)
+            write_shard(shards, match_rows(dataset, scene, items))
         return {
             "dataset": batch["dataset"],
             "scene": batch["scene"],
             "name0": batch["name0"],
             "name1": batch["name1"],
             "num_matches": num_matches,
+            "error": np.asarray(errors, dtype=object),
         }

@@ -30,9 +30,9 @@ from ray.data import ActorPoolStrategy, DataContext
 from tqdm.auto import tqdm
 
 from imc_ray import report
-from imc_ray.config import RunConfig
+from imc_ray.config import RunConfig, stage_keys
 from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor, decode_batch
-from imc_ray.formats import scene_dir
+from imc_ray.formats import done_keys, scene_dir, shard_dir
 from imc_ray.stages import mapping, pairs, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
 from imc_ray.stages.submission import write_submission
@@ -86,6 +86,10 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
     scenes = [s for s in find_scenes(Path(input_root)) if s.images]
     output.mkdir(parents=True, exist_ok=True)
     rep = report.new_report(cfg, input_root, output)
+    keys = stage_keys(cfg)
+    rep["stage_keys"] = keys
+    for s in scenes:
+        rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
     logger.info("resolved config: %s", cfg.to_dict())
     with ray_cluster(address):
         ctx = DataContext.get_current()
@@ -93,8 +97,8 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        scene_pairs, methods = _features_and_pairs(scenes, output, cfg, gpus, rep)
-        results = _match_and_map(scenes, scene_pairs, output, cfg, gpus, rep)
+        scene_pairs, methods = _features_and_pairs(scenes, output, cfg, keys, gpus, rep)
+        results = _match_and_map(scenes, scene_pairs, output, cfg, keys, gpus, rep)
     for s in scenes:
         rep["scenes"][f"{s.dataset}/{s.name}"]["pairs_method"] = methods.get((s.dataset, s.name), "")
     poses = {(r.dataset, r.scene): r.poses for r in results}
@@ -115,12 +119,11 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
 
 
 def _features_and_pairs(
-    scenes: list[Scene], output: Path, cfg: RunConfig, gpus: float, rep: dict[str, Any]
+    scenes: list[Scene], output: Path, cfg: RunConfig, keys: dict[str, str], gpus: float, rep: dict[str, Any]
 ) -> tuple[dict[tuple[str, str], list[tuple[str, str]]], dict[tuple[str, str], str]]:
-    """Image stages; as each scene's images finish, its pair selection starts as a task."""
+    """Image stages (resuming from committed shards); as each scene's images finish, a task merges
+    its features and picks its pairs."""
     t0 = time.perf_counter()
-    for s in scenes:
-        rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
     needs_retrieval = any(len(s.images) >= cfg.retrieval.exhaustive_below for s in scenes)
     reason = _dinov2_available(cfg) if needs_retrieval else "every scene is below retrieval.exhaustive_below"
     use_dinov2 = needs_retrieval and reason is None
@@ -128,42 +131,63 @@ def _features_and_pairs(
         logger.warning("pair selection: DINOv2 unavailable, using the weights-free fallback. %s", reason)
     rep["retrieval"] = {"dinov2": use_dinov2, "reason": reason or ""}
 
-    items = [{"dataset": r.dataset, "scene": r.scene, "name": r.name, "path": r.path} for s in scenes for r in s.images]
-    ds: ray.data.Dataset = ray.data.from_items(
-        items, override_num_blocks=max(1, len(items) // max(1, cfg.compute.image_batch_size))
-    )
-    ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=cfg.compute.image_batch_size, num_cpus=0.5)
-    pool = _pool(cfg, gpus)
-    if use_dinov2:
-        ds = ds.map_batches(
-            GlobalDescriptorActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.compute.image_batch_size, **pool
+    items: list[dict[str, Any]] = []
+    reused = 0
+    for s in scenes:
+        sd = scene_dir(output, s.dataset, s.name)
+        done_feat = {n for (n,) in done_keys(shard_dir(sd, "features", keys["features"]), ("name",))}
+        done_glob = (
+            {n for (n,) in done_keys(shard_dir(sd, "global", keys["global"]), ("name",))} if use_dinov2 else set()
         )
-    ds = ds.map_batches(
-        FeatureActor,
-        fn_constructor_kwargs={"cfg": cfg, "output": str(output)},
-        batch_size=cfg.compute.image_batch_size,
-        **pool,
-    )
-    remaining = {(s.dataset, s.name): len(s.images) for s in scenes}
+        for r in s.images:
+            need_f, need_g = r.name not in done_feat, use_dinov2 and r.name not in done_glob
+            if need_f or need_g:
+                items.append({**dataclasses.asdict(r), "need_features": need_f, "need_global": need_g})
+            else:
+                reused += 1
+    remaining = Counter((it["dataset"], it["scene"]) for it in items)
     prepare = ray.remote(num_cpus=1)(pairs.run)
     futures: dict[tuple[str, str], Any] = {}
+
+    def submit(key: tuple[str, str]) -> None:
+        futures[key] = prepare.remote(scene_dir(output, *key), cfg.retrieval, keys, use_dinov2)
+
+    for s in scenes:
+        if remaining[(s.dataset, s.name)] == 0:
+            submit((s.dataset, s.name))
     n_kp = 0
-    with tqdm(total=len(items), desc="features", unit="img") as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["name"])):
-                key = (str(batch["dataset"][i]), str(batch["scene"][i]))
-                err = str(batch["error"][i])
-                if err:
-                    rep["errors"].append(
-                        {"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err}
-                    )
-                    logger.warning("skipped: %s", err)
-                n_kp += int(batch["num_keypoints"][i])
-                remaining[key] -= 1
-                if remaining[key] == 0:
-                    futures[key] = prepare.remote(scene_dir(output, *key), cfg.retrieval)
-            bar.update(len(batch["name"]))
-    rep["stages"]["features"] = {"seconds": time.perf_counter() - t0, "images": len(items), "keypoints": n_kp}
+    if items:
+        batch_size = cfg.compute.image_batch_size
+        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+        ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=batch_size, num_cpus=0.5)
+        pool = _pool(cfg, gpus)
+        if use_dinov2:
+            args = {"cfg": cfg, "output": str(output), "key": keys["global"]}
+            ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs=args, batch_size=batch_size, **pool)
+        args = {"cfg": cfg, "output": str(output), "key": keys["features"]}
+        ds = ds.map_batches(FeatureActor, fn_constructor_kwargs=args, batch_size=batch_size, **pool)
+        total = sum(len(s.images) for s in scenes)
+        with tqdm(total=total, initial=reused, desc="features", unit="img") as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(batch["name"])):
+                    key = (str(batch["dataset"][i]), str(batch["scene"][i]))
+                    err = str(batch["error"][i])
+                    if err:
+                        rep["errors"].append(
+                            {"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err}
+                        )
+                        logger.warning("skipped: %s", err)
+                    n_kp += int(batch["num_keypoints"][i])
+                    remaining[key] -= 1
+                    if remaining[key] == 0:
+                        submit(key)
+                bar.update(len(batch["name"]))
+    rep["stages"]["features"] = {
+        "seconds": time.perf_counter() - t0,
+        "images": len(items),
+        "reused": reused,
+        "keypoints": n_kp,
+    }
     t1 = time.perf_counter()
     scene_pairs, methods = {}, {}
     for key, fut in futures.items():
@@ -178,10 +202,11 @@ def _match_and_map(
     scene_pairs: dict[tuple[str, str], list[tuple[str, str]]],
     output: Path,
     cfg: RunConfig,
+    keys: dict[str, str],
     gpus: float,
     rep: dict[str, Any],
 ) -> list[mapping.SceneResult]:
-    """Match every pair; as each scene's pairs finish, its mapping starts as a CPU task."""
+    """Match every pair not matched yet; as each scene's pairs finish, its mapping starts as a CPU task."""
     t0 = time.perf_counter()
     by_key = {(s.dataset, s.name): s for s in scenes}
     map_task = ray.remote(num_cpus=cfg.compute.mapping_cpus)(mapping.run)
@@ -192,48 +217,56 @@ def _match_and_map(
 
     def submit(key: tuple[str, str]) -> None:
         s = by_key[key]
+        sd = scene_dir(output, *key)
         futures.append(
-            map_task.remote(
-                scene_dir(output, *key),
-                s.image_dir,
-                s.dataset,
-                s.name,
-                len(s.images),
-                map_cfg,
-                cfg.matching.min_matches,
-            )
+            map_task.remote(sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys)
         )
 
-    remaining = Counter({k: len(p) for k, p in scene_pairs.items()})
+    rows: list[dict[str, str]] = []
+    reused = 0
+    for key in sorted(scene_pairs):
+        done = done_keys(shard_dir(scene_dir(output, *key), "matches", keys["matches"]), ("name0", "name1"))
+        todo = [(a, b) for a, b in scene_pairs[key] if (a, b) not in done]
+        reused += len(scene_pairs[key]) - len(todo)
+        rows += [{"dataset": key[0], "scene": key[1], "name0": a, "name1": b} for a, b in todo]
+    remaining = Counter((r["dataset"], r["scene"]) for r in rows)
     for key in sorted(scene_pairs):
         if remaining[key] == 0:
             submit(key)
-    rows = [
-        {"dataset": k[0], "scene": k[1], "name0": a, "name1": b} for k in sorted(scene_pairs) for a, b in scene_pairs[k]
-    ]
     n_matches = 0
     if rows:
-        ds: ray.data.Dataset = ray.data.from_items(
-            rows, override_num_blocks=max(1, len(rows) // max(1, cfg.compute.pair_batch_size))
-        )
-        ds = ds.map_batches(
-            MatcherActor,
-            fn_constructor_kwargs={"cfg": cfg, "output": str(output)},
-            batch_size=cfg.compute.pair_batch_size,
-            **_pool(cfg, gpus),
-        )
-        with tqdm(total=len(rows), desc="matching", unit="pair") as bar:
+        batch_size = cfg.compute.pair_batch_size
+        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
+        args = {"cfg": cfg, "output": str(output), "key": keys["matches"]}
+        ds = ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=batch_size, **_pool(cfg, gpus))
+        with tqdm(total=len(rows) + reused, initial=reused, desc="matching", unit="pair") as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                done: dict[tuple[str, str], int] = defaultdict(int)
+                finished: dict[tuple[str, str], int] = defaultdict(int)
                 for i in range(len(batch["name0"])):
-                    done[(str(batch["dataset"][i]), str(batch["scene"][i]))] += 1
+                    key = (str(batch["dataset"][i]), str(batch["scene"][i]))
+                    finished[key] += 1
                     n_matches += int(batch["num_matches"][i])
-                for key, n in done.items():
+                    if batch["error"][i]:
+                        rep["errors"].append(
+                            {
+                                "dataset": key[0],
+                                "scene": key[1],
+                                "pair": [str(batch["name0"][i]), str(batch["name1"][i])],
+                                "error": str(batch["error"][i]),
+                            }
+                        )
+                        logger.warning("%s", batch["error"][i])
+                for key, n in finished.items():
                     remaining[key] -= n
                     if remaining[key] == 0:
                         submit(key)
                 bar.update(len(batch["name0"]))
-    rep["stages"]["matching"] = {"seconds": time.perf_counter() - t0, "pairs": len(rows), "matches": n_matches}
+    rep["stages"]["matching"] = {
+        "seconds": time.perf_counter() - t0,
+        "pairs": len(rows),
+        "reused": reused,
+        "matches": n_matches,
+    }
     t1 = time.perf_counter()
     results: list[mapping.SceneResult] = []
     with tqdm(total=len(futures), desc="mapping", unit="scene") as bar:
@@ -242,5 +275,9 @@ def _match_and_map(
             ready, pending = ray.wait(pending, num_returns=1)
             results.append(ray.get(ready[0]))
             bar.update(1)
-    rep["stages"]["mapping"] = {"seconds_after_matching": time.perf_counter() - t1, "scenes": len(results)}
+    rep["stages"]["mapping"] = {
+        "seconds_after_matching": time.perf_counter() - t1,
+        "scenes": len(results),
+        "reused": sum(r.reused for r in results),
+    }
     return sorted(results, key=lambda r: (r.dataset, r.scene))

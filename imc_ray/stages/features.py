@@ -15,7 +15,6 @@ from imc_ray.formats import (
     features_from_table,
     read_shards,
     write_features_h5,
-    write_global_h5,
 )
 
 
@@ -67,14 +66,8 @@ def extract(
     return out
 
 
-def consolidate(scene_dir: Path) -> tuple[dict[str, Features], dict[str, np.ndarray]]:
-    """Merge a scene's feature shards into ``features.h5`` (and ``global.h5`` when present).
-
-    Returns name -> Features and name -> global descriptor (G,) (empty without DINOv2).
-    """
-    table = read_shards(scene_dir / "shards" / "features", FEATURE_SHARD_SCHEMA)
-    feats, glob = features_from_table(table)
+def consolidate(shards: Path, scene_dir: Path) -> dict[str, Features]:
+    """Merge a scene's committed feature shards (directory ``shards``) into ``scene_dir/features.h5``."""
+    feats = features_from_table(read_shards(shards, FEATURE_SHARD_SCHEMA))
     write_features_h5(scene_dir / "features.h5", feats)
-    if glob:
-        write_global_h5(scene_dir / "global.h5", glob)
-    return feats, glob
+    return feats

@@ -7,6 +7,7 @@ come out. Intrinsics are always estimated: reference poses are never read here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -25,6 +26,7 @@ from imc_ray.formats import (
     matches_from_table,
     read_features_h5,
     read_shards,
+    shard_dir,
     write_matches_h5,
     write_text_atomic,
 )
@@ -47,6 +49,10 @@ class SceneResult:
     """image name -> (R row-major (9,), t (3,)), world-to-camera, from the largest model."""
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    key: str = ""
+    """Stage key and inputs digest the model was built from (see :func:`run`)."""
+    reused: bool = False
+    """True when this run reused the model of an earlier run."""
 
     @property
     def num_registered(self) -> int:
@@ -161,17 +167,44 @@ def poses_of(rec: pycolmap.Reconstruction) -> dict[str, tuple[list[float], list[
     return out
 
 
+def inputs_digest(features: dict[str, Features], matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> str:
+    """Digest of which images and pairs a model was built from (with the stage key: when to reuse it)."""
+    h = hashlib.sha1()
+    for name in sorted(features):
+        h.update(f"{name}\0{len(features[name].keypoints)}\n".encode())
+    for a, b in sorted(matches):
+        h.update(f"{a}\0{b}\0{len(matches[(a, b)][0])}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def run(
-    scene_dir: Path, image_dir: Path, dataset: str, scene: str, num_images: int, cfg: MappingConfig, min_matches: int
+    scene_dir: Path,
+    image_dir: Path,
+    dataset: str,
+    scene: str,
+    num_images: int,
+    cfg: MappingConfig,
+    min_matches: int,
+    keys: dict[str, str],
 ) -> SceneResult:
-    """Map one scene from its ``features.h5`` and match shards; write outputs; return the summary."""
-    result = SceneResult(dataset=dataset, scene=scene, num_images=num_images)
+    """Files in, files out for one scene: ``features.h5`` and the match shards of ``keys["matches"]`` in;
+    ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
+
+    A finished scene whose ``scene.json`` carries the same key (settings and inputs) is reused as is.
+    """
     if not logger.isEnabledFor(logging.DEBUG):
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
     t0 = time.perf_counter()
+    result = SceneResult(dataset=dataset, scene=scene, num_images=num_images)
     try:
         features = read_features_h5(scene_dir / "features.h5")
-        matches = matches_from_table(read_shards(scene_dir / "shards" / "matches", MATCH_SHARD_SCHEMA))
+        matches = matches_from_table(read_shards(shard_dir(scene_dir, "matches", keys["matches"]), MATCH_SHARD_SCHEMA))
+        result.key = f"{keys['mapping']}-{inputs_digest(features, matches)}"
+        previous = _load_result(scene_dir / "scene.json")
+        if previous is not None and previous.key == result.key and previous.error is None:
+            previous.reused = True
+            previous.num_images = num_images
+            return previous
         write_matches_h5(scene_dir / "matches.h5", matches, {n: len(f.keypoints) for n, f in features.items()})
         result.num_pairs = build_database(scene_dir / "database.db", features, matches, cfg, min_matches)
         result.seconds["database"] = time.perf_counter() - t0
@@ -179,11 +212,9 @@ def run(
         result.num_verified_pairs = verify(scene_dir / "database.db", cfg) if result.num_pairs else 0
         result.seconds["verification"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        models = (
-            incremental(scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg)
-            if result.num_verified_pairs
-            else []
-        )
+        models = []
+        if result.num_verified_pairs:
+            models = incremental(scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg)
         write_models(models, scene_dir / "sparse")
         result.seconds["mapping"] = time.perf_counter() - t2
         result.model_sizes = [m.num_reg_images() for m in models]
@@ -194,3 +225,13 @@ def run(
         result.error = f"{type(exc).__name__}: {exc}"
     write_text_atomic(scene_dir / "scene.json", json.dumps(asdict(result), indent=1))
     return result
+
+
+def _load_result(path: Path) -> SceneResult | None:
+    """The ``scene.json`` of an earlier run, or None when absent or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+        data["poses"] = {k: (list(v[0]), list(v[1])) for k, v in data.get("poses", {}).items()}
+        return SceneResult(**data)
+    except (OSError, ValueError, TypeError):
+        return None

@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from imc_ray.config import RetrievalConfig
-from imc_ray.formats import write_pairs
+from imc_ray.formats import (
+    GLOBAL_SHARD_SCHEMA,
+    globals_from_table,
+    read_shards,
+    shard_dir,
+    write_global_h5,
+    write_pairs,
+)
 from imc_ray.stages import features
 
 logger = logging.getLogger(__name__)
@@ -91,12 +98,20 @@ def select_pairs(
     return sorted(set(knn) | set(seq)), "aliked-mean-knn+sequential"
 
 
-def run(scene_dir: Path, cfg: RetrievalConfig) -> tuple[list[Pair], str]:
-    """Consolidate a scene's features (see :func:`features.consolidate`), choose its pairs and write
-    ``pairs.txt``. Returns the pairs and the method that chose them."""
-    feats, glob = features.consolidate(scene_dir)
+def run(scene_dir: Path, cfg: RetrievalConfig, keys: dict[str, str], use_dinov2: bool) -> tuple[list[Pair], str]:
+    """Files in, files out for one scene: merge its feature shards into ``features.h5`` (and DINOv2
+    shards into ``global.h5``), choose its pairs and write ``pairs.txt``.
+
+    keys: ``config.stage_keys``; use_dinov2: whether DINOv2 descriptors were computed.
+    Returns the pairs and the name of the method that chose them.
+    """
+    feats = features.consolidate(shard_dir(scene_dir, "features", keys["features"]), scene_dir)
     names = sorted(feats)
-    global_desc = np.stack([glob[n] for n in names]) if names and set(glob) == set(names) else None
+    glob: dict[str, np.ndarray] = {}
+    if use_dinov2:
+        glob = globals_from_table(read_shards(shard_dir(scene_dir, "global", keys["global"]), GLOBAL_SHARD_SCHEMA))
+        write_global_h5(scene_dir / "global.h5", {n: glob[n] for n in names if n in glob})
+    global_desc = np.stack([glob[n] for n in names]) if names and set(names) <= set(glob) else None
     fallback = None
     if global_desc is None and len(names) >= cfg.exhaustive_below:
         fallback = np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
