@@ -66,12 +66,77 @@ def used_memory_bytes() -> int:
     return values["MemTotal"] - values["MemAvailable"]
 
 
-class MemorySampler:
-    """Samples system-wide used memory in a background thread while a run is in progress.
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds) of every process, from ``/proc/<pid>/stat``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue  # the process ended meanwhile
+        fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
 
-    ``peak_bytes`` is the largest sample minus the sample taken just before the run started, so
-    it includes every process the run starts (Ray's raylet, GCS and workers too), and also any
-    unrelated activity on the machine at the same time: run benchmarks on an otherwise idle machine.
+
+def _descendants(table: dict[int, tuple[int, float]], root: int) -> set[int]:
+    """``root`` and every process below it in ``table``."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def system_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from ``/proc/stat``."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values[:8]) - idle) / tick, sum(values[:8]) / tick
+
+
+def busy_fraction(seconds: float = 2.0) -> float:
+    """Share of the machine's CPU time that was busy over the next ``seconds`` (0..1)."""
+    b0, t0 = system_cpu_seconds()
+    time.sleep(seconds)
+    b1, t1 = system_cpu_seconds()
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.15) -> float:
+    """Wait (up to ``max_wait`` seconds) until less than ``threshold`` of the CPU is busy; return the last share."""
+    deadline = time.monotonic() + max_wait
+    share = busy_fraction()
+    while share >= threshold and time.monotonic() < deadline:
+        logger.info("machine busy (%.0f%% CPU used by other processes); waiting before the next run", 100 * share)
+        time.sleep(8.0)
+        share = busy_fraction()
+    return share
+
+
+class ResourceSampler:
+    """Samples memory and CPU in a background thread while a run (a process tree) is in progress.
+
+    Memory: ``peak_bytes`` is the largest system-wide used memory (``MemTotal - MemAvailable``)
+    minus the value just before the run started, so it includes every process the run starts
+    (Ray's raylet, GCS and workers too), and also any unrelated activity on the machine.
+
+    CPU: ``tree_cpu_seconds`` is the user + system CPU time of the process ``root`` (set with
+    :meth:`watch`) and all its descendants (a process that ends loses at most its last sampling
+    interval); ``system_busy_seconds`` is the busy CPU time of the whole machine over the run, so
+    ``other_cpu_seconds`` estimates what other users of the machine took meanwhile.
     """
 
     def __init__(self, interval: float = 0.2) -> None:
@@ -79,20 +144,37 @@ class MemorySampler:
         self.baseline = 0
         self.peak = 0
         self.samples = 0
+        self.root: int | None = None
+        self._cpu: dict[int, float] = {}
+        self._sys0 = (0.0, 0.0)
+        self._sys1 = (0.0, 0.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def watch(self, pid: int) -> None:
+        """Count the CPU time of ``pid`` and its descendants."""
+        self.root = pid
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, used_memory_bytes())
+        self.samples += 1
+        if self.root is not None:
+            table = _proc_table()
+            for pid in _descendants(table, self.root):
+                if pid in table:
+                    self._cpu[pid] = max(self._cpu.get(pid, 0.0), table[pid][1])
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, used_memory_bytes())
-            self.samples += 1
+            self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> ResourceSampler:
         self.baseline = used_memory_bytes()
         self.peak = self.baseline
+        self._sys0 = system_cpu_seconds()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
         self._thread.start()
         return self
 
@@ -101,11 +183,27 @@ class MemorySampler:
         if self._thread is not None:
             self._thread.join()
         self.peak = max(self.peak, used_memory_bytes())
+        self._sys1 = system_cpu_seconds()
 
     @property
     def peak_bytes(self) -> int:
         """Peak used memory above the pre-run baseline (bytes, >= 0)."""
         return max(0, self.peak - self.baseline)
+
+    @property
+    def tree_cpu_seconds(self) -> float:
+        """CPU seconds used by the watched process tree."""
+        return sum(self._cpu.values())
+
+    @property
+    def system_busy_seconds(self) -> float:
+        """CPU seconds the whole machine was busy during the run."""
+        return self._sys1[0] - self._sys0[0]
+
+    @property
+    def other_cpu_seconds(self) -> float:
+        """Busy CPU seconds of the machine not accounted to the watched tree (other users; >= 0)."""
+        return max(0.0, self.system_busy_seconds - self.tree_cpu_seconds)
 
 
 def machine_info() -> dict[str, Any]:

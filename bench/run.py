@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -37,12 +38,13 @@ from common import (
     DEFAULT_ROOT,
     REPO_ROOT,
     TIMINGS_FILE,
-    MemorySampler,
+    ResourceSampler,
     git_revision,
     machine_info,
     now_iso,
     package_versions,
     setup_logging,
+    wait_for_idle,
     write_json,
 )
 
@@ -66,6 +68,12 @@ class PipelineRun:
     returncode: int = -1
     wall_seconds: float = 0.0
     peak_mem_bytes: int = 0
+    cpu_seconds: float = 0.0
+    """User + system CPU seconds of the pipeline's process tree (Ray workers included)."""
+    other_cpu_seconds: float = 0.0
+    """Busy CPU seconds of the machine during the run that were not the pipeline's (other users)."""
+    busy_before: float = 0.0
+    """Share of the CPU used by other processes just before the run (0..1)."""
     stages: dict[str, float] = field(default_factory=dict)
     images: int = 0
     pairs: int = 0
@@ -114,6 +122,9 @@ class PipelineRun:
             "images_per_second": self.images_per_second,
             "pairs_per_second": self.pairs_per_second,
             "peak_mem_bytes": self.peak_mem_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "other_cpu_seconds": self.other_cpu_seconds,
+            "busy_before": self.busy_before,
             "scenes": self.scenes,
             "evaluation": self.evaluation,
             "report": self.raw_report,
@@ -139,27 +150,35 @@ def command_for(
     raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)}")
 
 
-def run_pipeline(name: str, command: list[str], out: Path, log: Path) -> PipelineRun:
-    """Run one pipeline's subprocess, timing it and sampling memory; then read its report."""
-    run = PipelineRun(name=name, command=command, out_dir=out, log=log)
+def run_pipeline(name: str, command: list[str], out: Path, log: Path, busy_before: float = 0.0) -> PipelineRun:
+    """Run one pipeline's subprocess, timing it and sampling memory and CPU; then read its report."""
+    run = PipelineRun(name=name, command=command, out_dir=out, log=log, busy_before=busy_before)
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)  # imc-ray must start its own private local cluster
     env["PYTHONUNBUFFERED"] = "1"
+    if out.exists():  # imc-ray resumes from what an output folder holds: always start from nothing
+        logger.warning("%s: removing the earlier outputs in %s", name, out)
+        shutil.rmtree(out)
     logger.info("%s: %s (log: %s)", name, shlex.join(command), log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as logf, MemorySampler(0.2) as mem:
+    with open(log, "w") as logf, ResourceSampler(0.2) as res:
         t0 = time.perf_counter()
-        proc = subprocess.run(command, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, check=False)
+        proc = subprocess.Popen(command, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+        res.watch(proc.pid)
+        run.returncode = proc.wait()
         run.wall_seconds = time.perf_counter() - t0
-    run.returncode = proc.returncode
-    run.peak_mem_bytes = mem.peak_bytes
+    run.peak_mem_bytes = res.peak_bytes
+    run.cpu_seconds = res.tree_cpu_seconds
+    run.other_cpu_seconds = res.other_cpu_seconds
     logger.info(
-        "%s: exit %d after %.1f s, peak memory +%.2f GiB (%d samples)",
+        "%s: exit %d after %.1f s, peak memory +%.2f GiB (%d samples), CPU %.0f s (other processes %.0f s)",
         name,
         run.returncode,
         run.wall_seconds,
         run.peak_mem_bytes / 2**30,
-        mem.samples,
+        res.samples,
+        run.cpu_seconds,
+        run.other_cpu_seconds,
     )
     try:
         read_report(run)
@@ -263,7 +282,8 @@ def timing_table(runs: list[PipelineRun]) -> str:
     """One row per pipeline: seconds per stage, total, throughput, peak memory, overall accuracy."""
     headers = [
         "pipeline", "images", "pairs", "features s", "pair sel. s", "matching s", "mapping s", "other s",
-        "total s", "images/s", "pairs/s", "peak mem GiB", "registered", "AUC@5", "mAA-24", "mAA-23",
+        "total s", "images/s", "pairs/s", "peak mem GiB", "CPU s", "others' CPU s", "registered", "AUC@5",
+        "mAA-24", "mAA-23",
     ]  # fmt: skip
     rows = []
     for r in runs:
@@ -282,6 +302,8 @@ def timing_table(runs: list[PipelineRun]) -> str:
                 f"{r.images_per_second:.3f}",
                 f"{r.pairs_per_second:.3f}",
                 f"{r.peak_mem_bytes / 2**30:.2f}",
+                f"{r.cpu_seconds:.0f}",
+                f"{r.other_cpu_seconds:.0f}",
                 reg,
                 _pct(ov.get("auc@5")),
                 _pct(ov.get("imc2024_maa")),
@@ -365,12 +387,23 @@ def ratios(runs: list[PipelineRun]) -> list[str]:
 def findings(runs: list[PipelineRun]) -> list[str]:
     """Things worth a maintainer's look: failures, partial registration, split models, slow stages."""
     notes: list[str] = []
+    cores = os.cpu_count() or 1
     for r in runs:
         if r.error:
             notes.append(f"- {r.name} FAILED: {r.error}")
+        if r.other_cpu_seconds > 0.1 * r.wall_seconds * cores or r.busy_before >= 0.15:
+            notes.append(
+                f"- {r.name}: the machine was shared during the run (other processes used {r.other_cpu_seconds:.0f} "
+                f"CPU s of {r.wall_seconds * cores:.0f}; {100 * r.busy_before:.0f}% busy before it): "
+                "its times are inflated"
+            )
     by = {r.name: r for r in runs if not r.error}
     imc = by.get("imc-ray")
     if imc is not None:
+        stages = imc.raw_report.get("stages", {})
+        reused = {k: v.get("reused") for k, v in stages.items() if isinstance(v, dict) and v.get("reused")}
+        if reused:
+            notes.append(f"- imc-ray reused earlier outputs ({reused}): its times do not measure a full run")
         errs = imc.raw_report.get("errors", [])
         if errs:
             notes.append(f"- imc-ray: {len(errs)} image error(s) in run.json, e.g. {errs[0]}")
@@ -487,6 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS_MD, help="markdown file to append to (default: %(default)s)")
     p.add_argument("--no-append", action="store_true", help="do not append to the results file")
     p.add_argument("--pause", type=float, default=3.0, help="seconds to let memory settle between runs")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for other processes to leave the CPU idle (default: %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -503,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.pause)
         pairs_from = out / "imc-ray" if "imc-ray" in args.only else None
         cmd = command_for(name, root, out / name, args.preset, args.overrides, pairs_from)
-        run = run_pipeline(name, cmd, out / name, out / f"{name}.log")
+        busy = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
+        run = run_pipeline(name, cmd, out / name, out / f"{name}.log", busy)
         score(run, root)
         runs.append(run)
 
