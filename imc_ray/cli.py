@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imc-ray: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"imc-ray: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
 

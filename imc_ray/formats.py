@@ -44,7 +44,9 @@ every stage before it (``config.stage_keys``): a rerun with the same settings re
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,8 +125,41 @@ def pair_key(name0: str, name1: str) -> str:
 
 
 def scene_dir(output: Path, dataset: str, scene: str) -> Path:
-    """Directory of one scene's outputs."""
+    """Directory of one scene's outputs; refuses names that would lead outside ``output``."""
+    for part in (dataset, scene):
+        if part in ("", ".", "..") or "/" in part or "\\" in part or "\0" in part:
+            raise ValueError(f"dataset/scene name {part!r} cannot be used as a folder name inside {output}; rename it")
     return output / dataset / scene
+
+
+def check_writable(output: Path) -> None:
+    """Create ``output`` and prove it takes a file, or raise an error that says what to do."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output / ".imc-ray-write-check", "ok\n")
+        (output / ".imc-ray-write-check").unlink()
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write to the output folder {output} ({exc.strerror or exc}); free some space, fix its "
+            "permissions or choose another OUTPUT"
+        ) from None
+
+
+def ensure_space(path: Path, nbytes: int) -> None:
+    """Refuse to start a write of about ``nbytes`` that the disk cannot hold.
+
+    HDF5 (h5py 3.16 / HDF5 2.0) crashes the process with a segmentation fault when the disk fills
+    up mid-write, so HDF5 writers check first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    need = int(nbytes * 1.1) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"not enough free space for {path}: about {need / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free; "
+            "free some space or choose another OUTPUT (finished files are kept)",
+        )
 
 
 @contextlib.contextmanager
@@ -162,6 +197,7 @@ def _check_version(f: h5py.File, path: Path, kind: str) -> None:
 
 def write_features_h5(path: Path, features: dict[str, Features]) -> None:
     """Write ``features.h5`` (layout in the module docstring), atomically."""
+    ensure_space(path, sum(f.keypoints.nbytes + f.descriptors.nbytes + f.scores.nbytes + 64 for f in features.values()))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["imc_ray_format"] = FORMAT_VERSION
         f.attrs["kind"] = "features"
@@ -195,6 +231,7 @@ def read_features_h5(path: Path, names: list[str] | None = None) -> dict[str, Fe
 
 def write_global_h5(path: Path, descriptors: dict[str, np.ndarray]) -> None:
     """Write ``global.h5``: name -> (D,) float32 descriptor."""
+    ensure_space(path, sum(d.nbytes + 64 for d in descriptors.values()))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["imc_ray_format"] = FORMAT_VERSION
         f.attrs["kind"] = "global"
@@ -210,6 +247,7 @@ def write_matches_h5(
     matches: (name0, name1) -> (indices (M, 2) int, scores (M,) float).
     num_kp0: number of keypoints of each image (the length of ``matches0``).
     """
+    ensure_space(path, sum(8 * num_kp0[a] + 64 for a, _ in matches))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["imc_ray_format"] = FORMAT_VERSION
         f.attrs["kind"] = "matches"

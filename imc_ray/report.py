@@ -58,6 +58,7 @@ def summary_table(rep: dict[str, Any]) -> str:
         tot_reg += reg
         models = ",".join(map(str, s.get("model_sizes", []))) or "-"
         note = s.get("pairs_method", "") + (f"  ERROR {s['error']}" if s.get("error") else "")
+        note += f"  ({s['note']})" if s.get("note") else ""
         pairs, verified = s.get("num_pairs", 0), s.get("num_verified_pairs", 0)
         lines.append(f"{key:<32} {n:>6} {reg:>5} {pairs:>6} {verified:>6} {models:>6}  {note}")
     lines.append(f"{'total':<32} {tot_img:>6} {tot_reg:>5}")

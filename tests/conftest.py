@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples"
@@ -46,7 +51,60 @@ def sample_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     single = root / "nerf_synthetic" / "single" / "images"
     single.mkdir(parents=True)
     shutil.copy(SAMPLE_SCENE / "images" / "r_20.png", single)
+    make_odd_scene(root / "odd" / "mixed" / "images")
+    pair = root / "odd" / "pair" / "images"  # two views: COLMAP's mappers discard 2-image models
+    pair.mkdir(parents=True)
+    for name in ("r_33.png", "r_36.png"):
+        shutil.copy(SAMPLE_SCENE / "images" / name, pair)
+    disjoint = root / "odd" / "disjoint" / "images"  # images that share nothing
+    disjoint.mkdir(parents=True)
+    for seed in (1, 2, 3):
+        noise = np.random.default_rng(seed).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(disjoint / f"noise{seed}.png")
+    (root / "odd" / "empty" / "images").mkdir(parents=True)
     return root
+
+
+BAD_FILES = {
+    "empty.jpg": "empty file",
+    "text.jpg": "not a readable image",
+    "truncated.jpg": "corrupt or truncated",
+    "tiny.png": "smaller than images.min_side",
+    "bomb.png": "more than images.max_pixels",
+}
+"""Bad inputs of the ``odd/mixed`` scene and the words their error must contain."""
+
+ODD_GOOD = ("gray.png", "deep16.png", "cmyk.jpg", "exif_rotated.jpg", "ñandú r_43.png", "rgba.png")
+"""Unusual but valid images of the ``odd/mixed`` scene (lego views)."""
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def make_odd_scene(images: Path) -> None:
+    """Unusual valid images (grayscale, 16-bit, CMYK, EXIF-rotated, non-ASCII name, RGBA) and bad files."""
+    images.mkdir(parents=True)
+    src = SAMPLE_SCENE / "images"
+    rgb = {n: Image.open(src / n).convert("RGB") for n in ("r_20.png", "r_28.png", "r_33.png", "r_36.png")}
+    rgb["r_20.png"].convert("L").save(images / "gray.png")
+    deep = (np.asarray(rgb["r_28.png"].convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(images / "deep16.png")
+    rgb["r_33.png"].convert("CMYK").save(images / "cmyk.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down; displays upright after EXIF rotation
+    rgb["r_36.png"].rotate(180).save(images / "exif_rotated.jpg", exif=exif, quality=95)
+    shutil.copy(src / "r_43.png", images / "ñandú r_43.png")
+    shutil.copy(src / "r_46.png", images / "rgba.png")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "text.jpg").write_text("this is not a JPEG")
+    buf = io.BytesIO()
+    rgb["r_20.png"].save(buf, format="JPEG", quality=90)
+    (images / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    Image.new("RGB", (1, 1)).save(images / "tiny.png")
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 30000x30000 RGB, no pixel data at all
+    (images / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="session")

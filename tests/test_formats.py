@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -15,6 +16,7 @@ from imc_ray.formats import (
     Features,
     FormatError,
     atomic_path,
+    check_writable,
     done_keys,
     feature_rows,
     features_from_table,
@@ -26,6 +28,7 @@ from imc_ray.formats import (
     read_features_h5,
     read_matches_h5,
     read_shards,
+    scene_dir,
     write_features_h5,
     write_matches_h5,
     write_shard,
@@ -122,3 +125,41 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert target.read_text() == "finished work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_scene_dir_stays_inside_output(tmp_path: Path) -> None:
+    assert scene_dir(tmp_path, "ds", "scene one") == tmp_path / "ds" / "scene one"
+    for bad in ("..", ".", "", "a/../../b", "x\\y"):
+        with pytest.raises(ValueError, match="rename it"):
+            scene_dir(tmp_path, bad, "s")
+
+
+def test_check_writable(tmp_path: Path) -> None:
+    check_writable(tmp_path / "new" / "out")
+    assert (tmp_path / "new" / "out").is_dir() and not list((tmp_path / "new" / "out").iterdir())
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PermissionError, match="choose another OUTPUT"):
+        check_writable(tmp_path / "file" / "out")
+
+
+@pytest.mark.parametrize("options", ["ro", "size=64k"])
+def test_check_writable_on_read_only_or_full_filesystem(tmp_path: Path, options: str) -> None:
+    """A real read-only or tiny (full) filesystem: skipped where mounting is not permitted."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        if options.startswith("size"):
+            (mnt / "filler").write_bytes(b"\0" * 60_000)
+            with pytest.raises(OSError):
+                (mnt / "more").write_bytes(b"\0" * 10_000)
+            (mnt / "more").unlink(missing_ok=True)
+            with pytest.raises(OSError, match="not enough free space"):  # HDF5 itself would segfault
+                write_features_h5(mnt / "features.h5", {"a.jpg": _features(2000, 0)})
+            assert sorted(p.name for p in mnt.iterdir()) == ["filler"]
+        else:
+            with pytest.raises(PermissionError, match="choose another OUTPUT"):
+                check_writable(mnt / "out")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from ray.job_submission import JobSubmissionClient
 
 from .conftest import ROOT, SAMPLE, SAMPLE_SCENE
 
@@ -222,16 +222,14 @@ def _submit(cluster: OwnCluster, working_dir: Path, entrypoint: list[str], timeo
         run = subprocess.run(submit, env=cluster.env, capture_output=True, text=True, timeout=timeout, check=False)
         client_out = run.stdout + run.stderr
     except subprocess.TimeoutExpired as exc:
-        client_out = f"`ray job submit` timed out after {timeout} s\n{exc.stdout or ''}{exc.stderr or ''}"
+        partial = [o.decode(errors="replace") if isinstance(o, bytes) else (o or "") for o in (exc.stdout, exc.stderr)]
+        client_out = f"`ray job submit` timed out after {timeout} s\n" + "".join(partial)
         _ray_cli(cluster, "job", "stop", "--address", cluster.address, job_id)
-    status_run = _ray_cli(cluster, "job", "status", "--address", cluster.address, job_id)
-    status = status_run.stdout + status_run.stderr  # the jobs CLI logs its answers to stderr
+    state = str(JobSubmissionClient(cluster.address).get_job_status(job_id).value)
     logs_run = _ray_cli(cluster, "job", "logs", "--address", cluster.address, job_id)
     logs = logs_run.stdout + logs_run.stderr
-    found = re.search(rf"Status for job '{job_id}': (\w+)", status)
-    state = found.group(1) if found else "UNKNOWN"
     if state != "SUCCEEDED":
-        print(f"--- ray job submit ---\n{client_out[-6000:]}\n--- ray job status ---\n{status}")
+        print(f"--- ray job submit ---\n{client_out[-6000:]}\n--- job {job_id}: {state} ---")
         print(f"--- ray job logs {job_id} ---\n{logs[-20000:]}")
     return state, logs
 

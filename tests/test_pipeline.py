@@ -16,7 +16,7 @@ import pytest
 from imc_ray import cli, evaluate
 from imc_ray.formats import read_features_h5, read_matches_h5, read_pairs
 
-from .conftest import SAMPLE
+from .conftest import BAD_FILES, ODD_GOOD, SAMPLE
 
 Run = tuple[Path, dict[str, Any]]
 
@@ -32,10 +32,35 @@ def test_report(sample_run: Run) -> None:
     assert lego["num_images"] == 11 and lego["pairs_method"] == "exhaustive"
     assert lego["num_registered"] >= 8
     assert lego["model_sizes"][0] == lego["num_registered"]
-    [err] = on_disk["errors"]
-    assert err["image"] == "broken.jpg" and "empty file" in err["error"]
+    errors = {(e["scene"], e["image"]): e["error"] for e in on_disk["errors"]}
+    assert "empty file" in errors.pop(("lego", "broken.jpg"))
+    for name, words in BAD_FILES.items():
+        message = errors.pop(("mixed", name))
+        assert words in message and name in message  # names the file and says what is wrong
+        assert "replace" in message or "raise images" in message or "use a larger" in message  # and the fix
+    assert not errors
     single = on_disk["scenes"]["nerf_synthetic/single"]
     assert single["num_registered"] == 0 and single["num_pairs"] == 0 and not single["error"]
+    mixed = on_disk["scenes"]["odd/mixed"]
+    assert mixed["num_images"] == len(BAD_FILES) + len(ODD_GOOD) and not mixed["error"]
+
+
+def test_small_and_disjoint_scenes(sample_run: Run) -> None:
+    _, rep = sample_run
+    pair = rep["scenes"]["odd/pair"]
+    assert pair["num_registered"] == 2 and "two-view pose" in pair["note"]
+    disjoint = rep["scenes"]["odd/disjoint"]
+    assert disjoint["num_registered"] == 0 and "do the images overlap" in disjoint["note"]
+    empty = rep["scenes"]["odd/empty"]
+    assert empty["num_images"] == 0 and "no images" in empty["note"]
+    assert "1 readable image" in rep["scenes"]["nerf_synthetic/single"]["note"]
+
+
+def test_unusual_images_are_decoded(sample_run: Run) -> None:
+    out, _ = sample_run
+    feats = read_features_h5(out / "odd" / "mixed" / "features.h5")
+    assert set(feats) == set(ODD_GOOD)  # grayscale, 16-bit, CMYK, EXIF-rotated, non-ASCII, RGBA
+    assert all(len(f.keypoints) == 1024 and f.image_size == (800, 800) for f in feats.values())
 
 
 def test_submission_lists_every_image(sample_run: Run) -> None:
@@ -45,7 +70,8 @@ def test_submission_lists_every_image(sample_run: Run) -> None:
     assert list(rows[0]) == ["dataset", "scene", "image", "rotation_matrix", "translation_vector"]
     names = {(r["scene"], r["image"]) for r in rows}
     assert ("lego", "broken.jpg") in names and ("single", "r_20.png") in names
-    assert len(rows) == 12
+    assert ("mixed", "ñandú r_43.png") in names
+    assert len(rows) == 12 + len(BAD_FILES) + len(ODD_GOOD) + 2 + 3
     broken = next(r for r in rows if r["image"] == "broken.jpg")
     assert broken["rotation_matrix"] == ";".join(["nan"] * 9)
     for r in rows:

@@ -13,6 +13,8 @@ import numpy as np
 from imc_ray.config import build_config, stage_keys
 from imc_ray.distributed import pipeline
 
+from .conftest import BAD_FILES, ODD_GOOD
+
 Run = tuple[Path, dict[str, Any]]
 
 
@@ -35,23 +37,26 @@ def test_stage_keys_follow_dependencies() -> None:
 
 
 def test_rerun_reuses_everything(sample_run: Run, sample_input: Path) -> None:
-    out, first = sample_run
+    out, _first = sample_run
     before = _poses(out / "submission.csv")
     rep = pipeline.run(sample_input, out, build_config("fast"))
-    assert rep["stages"]["features"]["reused"] == 11  # 10 + the one-image scene
-    assert rep["stages"]["features"]["images"] == 1  # only the broken file is tried again
-    assert rep["stages"]["matching"]["reused"] == 45 and rep["stages"]["matching"]["pairs"] == 0
-    assert rep["stages"]["mapping"]["reused"] == 2
+    n_good = 10 + 1 + len(ODD_GOOD) + 2 + 3  # lego, one-image scene, unusual images, pair, disjoint
+    assert rep["stages"]["features"]["reused"] == n_good
+    assert rep["stages"]["features"]["images"] == 1 + len(BAD_FILES)  # only unreadable files are tried again
+    n_pairs = 45 + len(ODD_GOOD) * (len(ODD_GOOD) - 1) // 2 + 1 + 3
+    assert rep["stages"]["matching"]["reused"] == n_pairs and rep["stages"]["matching"]["pairs"] == 0
+    assert rep["stages"]["mapping"]["reused"] == 5
     assert _poses(out / "submission.csv") == before
-    assert json.loads((out / "run.json").read_text())["stages"]["matching"]["reused"] == 45
+    assert json.loads((out / "run.json").read_text())["stages"]["matching"]["reused"] == n_pairs
 
 
 def test_changed_matching_setting_recomputes_matches_only(sample_run: Run, sample_input: Path) -> None:
     out, _ = sample_run
     cfg = build_config("fast", ["matching.filter_threshold=0.3"])
     rep = pipeline.run(sample_input, out, cfg)
-    assert rep["stages"]["features"]["reused"] == 11
-    assert rep["stages"]["matching"]["reused"] == 0 and rep["stages"]["matching"]["pairs"] == 45
+    assert rep["stages"]["features"]["reused"] == 10 + 1 + len(ODD_GOOD) + 2 + 3
+    assert rep["stages"]["matching"]["reused"] == 0
+    assert rep["stages"]["matching"]["pairs"] == 45 + len(ODD_GOOD) * (len(ODD_GOOD) - 1) // 2 + 1 + 3
     assert rep["stages"]["mapping"]["reused"] == 0
     lego = rep["scenes"]["nerf_synthetic/lego"]
     assert lego["num_registered"] >= 8

@@ -1,4 +1,4 @@
-"""Thin Ray Data callables: build the model once in ``__init__``, call a stage's pure function in ``__call__``.
+"""Thin Ray Data actors: build the model once in ``__init__``, call a stage's pure function in ``__call__``.
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Rows whose ``error`` is not
 empty pass through untouched, so one bad image never fails a batch.
@@ -10,14 +10,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from imc_ray.config import ComputeConfig, RunConfig
 from imc_ray.formats import Features, feature_rows, global_rows, match_rows, scene_dir, shard_dir, write_shard
-from imc_ray.stages import catalog, features, matching, retrieval
+from imc_ray.stages import features, matching, retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -33,35 +33,6 @@ def select_device(compute: ComputeConfig) -> torch.device:
             raise RuntimeError("compute.device=cuda but this worker has no CUDA device; use compute.device=auto")
         return torch.device("cuda")
     return torch.device("cpu")
-
-
-def _object_array(values: list[Any]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
-
-
-def decode_batch(batch: Batch, cfg: RunConfig) -> Batch:
-    """Decode and downscale images (CPU task). Adds ``image`` (h, w, 3) uint8, ``width``/``height``
-    of the full-resolution image, and ``error`` ("" when fine)."""
-    images, widths, heights, errors = [], [], [], []
-    for path in batch["path"]:
-        try:
-            img, (w, h) = catalog.load_image(str(path), cfg.images, cfg.features.resize)
-            err = ""
-        except catalog.ImageError as exc:
-            img, w, h, err = np.zeros((1, 1, 3), np.uint8), 0, 0, str(exc)
-        images.append(img)
-        widths.append(w)
-        heights.append(h)
-        errors.append(err)
-    return {
-        **batch,
-        "image": _object_array(images),
-        "width": np.asarray(widths, np.int32),
-        "height": np.asarray(heights, np.int32),
-        "error": np.asarray(errors, dtype=object),
-    }
 
 
 def _retry(attempts: int, fn: Callable[[], T]) -> T:

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from imc_ray import report
 from imc_ray.config import RunConfig, stage_keys
-from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor, decode_batch
-from imc_ray.formats import done_keys, scene_dir, shard_dir
+from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor
+from imc_ray.distributed.decode import decode_batch
+from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
 from imc_ray.stages import mapping, pairs, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
 from imc_ray.stages.submission import write_submission
@@ -83,13 +84,16 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
     """Run every stage on every scene under ``input_root``; write outputs to ``output``; return run.json's dict."""
     t_start = time.perf_counter()
     output = Path(output).resolve()
-    scenes = [s for s in find_scenes(Path(input_root)) if s.images]
-    output.mkdir(parents=True, exist_ok=True)
+    found = find_scenes(Path(input_root))
+    scenes = [s for s in found if s.images]
+    check_writable(output)
     rep = report.new_report(cfg, input_root, output)
     keys = stage_keys(cfg)
     rep["stage_keys"] = keys
-    for s in scenes:
+    for s in found:
         rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
+        if not s.images:
+            rep["scenes"][f"{s.dataset}/{s.name}"]["note"] = f"no images in {s.image_dir}; skipped"
     logger.info("resolved config: %s", cfg.to_dict())
     with ray_cluster(address):
         ctx = DataContext.get_current()

@@ -136,21 +136,24 @@ def decode_image(path: str | Path, cfg: ImagesConfig) -> np.ndarray:
         raise ImageError(f"{path}: cannot read ({exc.strerror}); check the file exists and is readable") from None
     if size == 0:
         raise ImageError(f"{path}: empty file (0 bytes); replace it with the real image or delete it")
+    bomb = ImageError(
+        f"{path}: more than images.max_pixels={cfg.max_pixels} pixels (a decompression bomb?); "
+        "downscale the image or raise images.max_pixels"
+    )
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # PIL's own guard, made to agree with ours (per process)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                w, h = im.size
-                if w * h > cfg.max_pixels:
-                    raise ImageError(
-                        f"{path}: {w}x{h} pixels is over images.max_pixels={cfg.max_pixels}; "
-                        "downscale the image or raise images.max_pixels"
-                    )
+                if im.size[0] * im.size[1] > cfg.max_pixels:
+                    raise bomb
                 im.load()
                 arr = _pil_to_rgb(ImageOps.exif_transpose(im), cfg.background)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise bomb from None
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except UnidentifiedImageError as exc:
         raise ImageError(f"{path}: not a readable image ({exc}); replace or delete the file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: corrupt or truncated image ({exc}); replace or delete the file") from None

@@ -49,6 +49,8 @@ class SceneResult:
     """image name -> (R row-major (9,), t (3,)), world-to-camera, from the largest model."""
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    note: str = ""
+    """Why a scene has no model, or that a fallback made its poses."""
     key: str = ""
     """Stage key and inputs digest the model was built from (see :func:`run`)."""
     reused: bool = False
@@ -146,6 +148,37 @@ def incremental(db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfi
     return sorted(recs.values(), key=lambda r: r.num_reg_images(), reverse=True)
 
 
+def two_view_fallback(db_path: Path, seed: int) -> tuple[dict[str, tuple[list[float], list[float]]], str]:
+    """Poses of the two images of the best verified pair, for scenes where the mappers build no model
+    (COLMAP discards 2-image models). The first camera is the world frame; the baseline has length 1.
+
+    Returns (poses, note); empty poses when no verified pair has a usable relative pose.
+    """
+    with pycolmap.Database.open(str(db_path)) as db:
+        pair_ids, geometries = db.read_two_view_geometries()
+        ranked = sorted(zip(pair_ids, geometries, strict=True), key=lambda pg: -len(pg[1].inlier_matches))
+        for pair_id, geom in ranked:
+            if len(geom.inlier_matches) < 15:
+                break
+            id1, id2 = pycolmap.pair_id_to_image_pair(pair_id)
+            im1, im2 = db.read_image(id1), db.read_image(id2)
+            cam1, cam2 = db.read_camera(im1.camera_id), db.read_camera(im2.camera_id)
+            kp1, kp2 = db.read_keypoints(id1)[:, :2], db.read_keypoints(id2)[:, :2]
+            opts = pycolmap.TwoViewGeometryOptions()
+            opts.compute_relative_pose = True
+            opts.ransac.random_seed = seed
+            tvg = pycolmap.estimate_two_view_geometry(cam1, kp1, cam2, kp2, geom.inlier_matches, opts)
+            pose = tvg.cam2_from_cam1
+            if pose is None or len(tvg.inlier_matches) < 15:
+                continue
+            identity = (np.eye(3).ravel().tolist(), [0.0, 0.0, 0.0])
+            second = (pose.rotation.matrix().ravel().tolist(), np.asarray(pose.translation).ravel().tolist())
+            n = len(tvg.inlier_matches)
+            note = f"no model from the mapper; two-view pose of {im1.name} and {im2.name} ({n} inliers)"
+            return {im1.name: identity, im2.name: second}, note
+    return {}, "no model: no verified pair with a usable relative pose (do the images overlap?)"
+
+
 def write_models(models: list[pycolmap.Reconstruction], out_dir: Path) -> None:
     """Write ``out_dir/<k>/`` for every model (k = 0 is the largest), replacing ``out_dir`` atomically."""
     with atomic_path(out_dir) as tmp:
@@ -220,6 +253,14 @@ def run(
         result.model_sizes = [m.num_reg_images() for m in models]
         if models:
             result.poses = poses_of(models[0])
+        elif len(features) < 2:
+            result.note = f"{len(features)} readable image(s): nothing to reconstruct"
+        elif result.num_verified_pairs:
+            result.poses, result.note = two_view_fallback(scene_dir / "database.db", cfg.seed)
+        else:
+            result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
+        if result.note:
+            logger.warning("scene %s/%s: %s", dataset, scene, result.note)
     except Exception as exc:
         logger.exception("scene %s/%s: mapping failed", dataset, scene)
         result.error = f"{type(exc).__name__}: {exc}"

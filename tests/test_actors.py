@@ -1,0 +1,74 @@
+"""The thin actors, called in-process: per-item retries and per-item errors (Ray runs the same classes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from imc_ray.config import build_config
+from imc_ray.distributed import actors
+from imc_ray.distributed.decode import decode_batch
+from imc_ray.formats import FEATURE_SHARD_SCHEMA, read_shards, shard_dir
+from imc_ray.stages import features
+
+from .conftest import SAMPLE_SCENE
+
+CFG = build_config("fast", ["features.max_keypoints=256", "features.resize=320"])
+
+
+def _batch(names: list[str]) -> dict[str, np.ndarray]:
+    rows: dict[str, Any] = {
+        "dataset": np.array(["ds"] * len(names), dtype=object),
+        "scene": np.array(["sc"] * len(names), dtype=object),
+        "name": np.array(names, dtype=object),
+        "path": np.array([str(SAMPLE_SCENE / "images" / n) for n in names], dtype=object),
+        "need_features": np.ones(len(names), bool),
+        "need_global": np.zeros(len(names), bool),
+    }
+    return decode_batch(rows, CFG)
+
+
+def test_feature_actor_retries_then_records_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = features.extract
+    calls: dict[int, int] = {}
+
+    def flaky(model: Any, images: list[np.ndarray], sizes: list[tuple[int, int]], device: Any) -> Any:
+        key = int(images[0].sum()) % 1_000_003
+        calls[key] = calls.get(key, 0) + 1
+        if images[0].shape == flaky.always_fails_shape and calls[key] <= 5:  # type: ignore[attr-defined]
+            raise RuntimeError("CUDA error: an illegal memory access")  # e.g. a sick GPU
+        if calls[key] == 1 and flaky.first_fails:  # type: ignore[attr-defined]
+            raise RuntimeError("transient")
+        return real(model, images, sizes, device)
+
+    flaky.first_fails = True  # type: ignore[attr-defined]
+    flaky.always_fails_shape = None  # type: ignore[attr-defined]
+    monkeypatch.setattr(features, "extract", flaky)
+    actor = actors.FeatureActor(CFG, str(tmp_path), key="k")
+    out = actor(_batch(["r_20.png", "r_28.png"]))
+    assert list(out["error"]) == ["", ""]  # each failed once and succeeded on the retry
+    assert sorted(calls.values()) == [2, 2]
+    assert list(out["num_keypoints"]) == [256, 256]
+
+    batch = _batch(["r_33.png", "r_36.png"])
+    flaky.first_fails = False  # type: ignore[attr-defined]
+    flaky.always_fails_shape = batch["image"][1].shape  # both have the same shape: both keep failing
+    out = actor(batch)
+    assert all("feature extraction failed" in e and "illegal memory access" in e for e in out["error"])
+    assert "r_33.png" in out["error"][0]
+    shards = read_shards(shard_dir(tmp_path / "ds" / "sc", "features", "k"), FEATURE_SHARD_SCHEMA)
+    assert sorted(shards.column("name").to_pylist()) == ["r_20.png", "r_28.png"]  # failed items are not written
+
+
+def test_decode_errors_pass_through_untouched(tmp_path: Path) -> None:
+    batch = _batch(["r_20.png"])
+    bad = {k: np.concatenate([v, v]) if k != "image" else v for k, v in _batch(["r_20.png"]).items()}
+    bad["path"] = np.array([str(SAMPLE_SCENE / "images" / "r_20.png"), str(tmp_path / "missing.png")], dtype=object)
+    decoded = decode_batch({k: v for k, v in bad.items() if k not in ("image", "width", "height", "error")}, CFG)
+    assert decoded["error"][0] == "" and "missing.png" in decoded["error"][1]
+    out = actors.FeatureActor(CFG, str(tmp_path), key="k")(decoded)
+    assert out["num_keypoints"][1] == 0 and "missing.png" in out["error"][1]
+    assert batch["image"][0].shape == (320, 320, 3)
