@@ -67,19 +67,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from imc_ray.stages.submission import HEADER
+
 logger = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 IntArray = NDArray[np.int64]
 
-SUBMISSION_HEADER: tuple[str, ...] = (
-    "dataset",
-    "scene",
-    "image",
-    "rotation_matrix",
-    "translation_vector",
-)
+SUBMISSION_HEADER: tuple[str, ...] = HEADER
 LABELS_HEADER: tuple[str, ...] = (
     "image_name",
     "rotation_matrix",
@@ -289,32 +285,6 @@ def read_submission(path: Path) -> dict[tuple[str, str], dict[str, Pose | None]]
         else:
             images[image] = None
     return out
-
-
-def write_submission(path: Path, poses: Mapping[tuple[str, str], Mapping[str, Pose | None]]) -> None:
-    """Write ``{(dataset, scene): {image: Pose | None}}`` as a submission CSV (``nan`` for None).
-
-    Numbers are written with ``repr`` so that :func:`read_submission` reads them back exactly.
-    """
-    nan_r = ";".join(["nan"] * 9)
-    nan_t = ";".join(["nan"] * 3)
-    with Path(path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(SUBMISSION_HEADER)
-        for (dataset, scene), images in poses.items():
-            for image, pose in images.items():
-                if pose is None:
-                    writer.writerow([dataset, scene, image, nan_r, nan_t])
-                else:
-                    writer.writerow(
-                        [
-                            dataset,
-                            scene,
-                            image,
-                            ";".join(repr(float(v)) for v in pose.R.reshape(-1)),
-                            ";".join(repr(float(v)) for v in pose.t.reshape(-1)),
-                        ]
-                    )
 
 
 def read_labels(path: Path) -> dict[str, Pose]:

@@ -149,3 +149,13 @@ def test_load_image_downscales_and_reports_full_size() -> None:
     same, _ = load_image(SAMPLE_SCENE / "images" / "r_20.png", CFG, 1024)  # never upscaled
     assert same.shape == (800, 800, 3)
     assert resize_long_side(np.zeros((100, 50, 3), np.uint8), 40).shape == (40, 20, 3)
+
+
+def test_names_differing_in_case_and_non_ascii_are_distinct(tmp_path: Path) -> None:
+    images = tmp_path / "s" / "images"
+    _save(images / "IMG_1.jpg", _gradient())
+    _save(images / "img_1.jpg", _gradient()[::-1].copy())
+    _save(images / "façade été.png", _gradient())
+    [scene] = find_scenes(tmp_path / "s")
+    assert [r.name for r in scene.images] == ["IMG_1.jpg", "façade été.png", "img_1.jpg"]
+    assert len({r.path for r in scene.images}) == 3

@@ -31,8 +31,8 @@ from imc_ray.evaluate import (
     registration_rate,
     relative_thresholds,
     score_clusters,
-    write_submission,
 )
+from imc_ray.stages import submission
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LABELS_HEADER = "image_name,rotation_matrix,translation_vector,calibration_matrix"
@@ -42,6 +42,16 @@ K_TEXT = "500.0;0.0;320.0;0.0;500.0;240.0;0.0;0.0;1.0"
 # ------------------------------------------------------------------------------------------
 # Synthetic scenes
 # ------------------------------------------------------------------------------------------
+
+
+def write_submission(path: Path, poses: dict[tuple[str, str], dict[str, Pose | None]]) -> None:
+    """The pipeline's own writer, fed from ``{(dataset, scene): {image: Pose | None}}``."""
+    images = [(d, s, n) for (d, s), per in poses.items() for n in per]
+    flat = {
+        key: {n: (p.R.ravel().tolist(), p.t.ravel().tolist()) for n, p in per.items() if p is not None}
+        for key, per in poses.items()
+    }
+    submission.write_submission(path, images, flat)
 
 
 def look_at(centre: np.ndarray, target: np.ndarray | None = None) -> Pose:

@@ -18,7 +18,7 @@ HEADER = ("dataset", "scene", "image", "rotation_matrix", "translation_vector")
 
 
 def _join(values: Iterable[float]) -> str:
-    return ";".join(f"{v:.9g}" for v in values)
+    return ";".join(repr(float(v)) for v in values)  # repr: read back exactly
 
 
 def write_submission(
