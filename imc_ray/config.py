@@ -90,6 +90,9 @@ class MappingConfig:
     min_num_inliers: int = 15
     """Verified pairs with fewer inliers are not used by the mapper."""
     max_num_models: int = 50
+    retry_below: float = 0.9
+    """Map again with relaxed initialisation when the largest model registers fewer than this share
+    of the scene's readable images (0 disables); the attempt that registers more is kept."""
     num_threads: int = -1
     """-1 uses the CPUs Ray granted the mapping task."""
     seed: int = 0

@@ -48,6 +48,8 @@ class SceneResult:
     poses: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     """image name -> (R row-major (9,), t (3,)), world-to-camera, from the largest model."""
     seconds: dict[str, float] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
     error: str | None = None
     note: str = ""
     """Why a scene has no model, or that a fallback made its poses."""
@@ -132,20 +134,48 @@ def verify(db_path: Path, cfg: MappingConfig) -> int:
         return int(db.num_verified_image_pairs())
 
 
-def incremental(db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig) -> list[pycolmap.Reconstruction]:
-    """pycolmap incremental mapping; returns every model, largest first."""
+def incremental(
+    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, relaxed: bool = False
+) -> list[pycolmap.Reconstruction]:
+    """pycolmap incremental mapping; returns every model, largest first.
+
+    relaxed: a second attempt for scenes the defaults leave partly unregistered: a smaller initial
+    triangulation angle (8 instead of 16 degrees) and fewer inliers needed to register an image.
+    """
     opts = pycolmap.IncrementalPipelineOptions()
     opts.min_model_size = cfg.min_model_size
     opts.max_num_models = cfg.max_num_models
     opts.num_threads = cfg.num_threads
     opts.random_seed = cfg.seed
     opts.mapper.random_seed = cfg.seed
+    if relaxed:
+        opts.mapper.init_min_tri_angle = 8.0
+        opts.mapper.init_min_num_inliers = 50
+        opts.mapper.abs_pose_min_num_inliers = 15
+        opts.mapper.abs_pose_min_inlier_ratio = 0.15
+        opts.min_num_matches = 10
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     recs = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(tmp), options=opts)
     shutil.rmtree(tmp, ignore_errors=True)
     return sorted(recs.values(), key=lambda r: r.num_reg_images(), reverse=True)
+
+
+def map_database(
+    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, num_images: int
+) -> tuple[list[pycolmap.Reconstruction], dict[str, int]]:
+    """Incremental mapping, and a relaxed second attempt when the largest model registers fewer than
+    ``cfg.retry_below * num_images`` images. Returns the models of the better attempt (largest first)
+    and the images registered in the largest model of each attempt."""
+    models = incremental(db_path, image_dir, out_dir, cfg)
+    attempts = {"default": models[0].num_reg_images() if models else 0}
+    if cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
+        again = incremental(db_path, image_dir, out_dir, cfg, relaxed=True)
+        attempts["relaxed"] = again[0].num_reg_images() if again else 0
+        if attempts["relaxed"] > attempts["default"]:
+            models = again
+    return models, attempts
 
 
 def two_view_fallback(db_path: Path, seed: int) -> tuple[dict[str, tuple[list[float], list[float]]], str]:
@@ -245,9 +275,11 @@ def run(
         result.num_verified_pairs = verify(scene_dir / "database.db", cfg) if result.num_pairs else 0
         result.seconds["verification"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        models = []
+        models: list[pycolmap.Reconstruction] = []
         if result.num_verified_pairs:
-            models = incremental(scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg)
+            models, result.attempts = map_database(
+                scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg, len(features)
+            )
         write_models(models, scene_dir / "sparse")
         result.seconds["mapping"] = time.perf_counter() - t2
         result.model_sizes = [m.num_reg_images() for m in models]
