@@ -119,9 +119,12 @@ def run(root: Path, out: Path, verbose: bool = False) -> dict[str, Any]:
         )
 
     with timer("submission"):
-        registered = write_submission(
-            out / "submission.csv", [(s.dataset, s.name, r.name) for s in scenes for r in s.images], all_poses
-        )
+        rows = [
+            (s.dataset, s.name, r.name, all_poses.get((s.dataset, s.name), {}).get(r.name))
+            for s in scenes
+            for r in s.images
+        ]
+        registered = write_submission(out / "submission.csv", rows)
     report = {
         "pipeline": "sift",
         "device": str(device),

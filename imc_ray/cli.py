@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("input", type=Path, help="<dataset>/<scene>/images/* tree, or one folder of images")
     r.add_argument("output", type=Path, help="output folder (created)")
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
+    r.add_argument(
+        "--cluster",
+        action="store_true",
+        help="IMC-2025 mode: split each scene folder (a pile of images) into clusters and outliers "
+        "(same as --set mapping.clusters=true)",
+    )
     _add_config_args(r)
 
     e = sub.add_parser("evaluate", help="score a submission.csv against reference poses")
@@ -53,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", type=Path, required=True, help="tree with <dataset>/<scene>/labels.csv")
     e.add_argument("--thresholds", type=Path, help="CSV dataset,scene,thresholds (';'-joined) for IMC-2024 mAA")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--clusters", action="store_true", help="IMC-2025 score of a clustered submission")
 
     c = sub.add_parser("config", help="print the resolved config as JSON")
     _add_config_args(c)
@@ -66,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from imc_ray.distributed import pipeline
     from imc_ray.report import summary_table
 
+    if args.cluster:
+        args.overrides = ["mapping.clusters=true", *args.overrides]
     cfg = _config(args)
     rep = pipeline.run(args.input, args.output, cfg, address=args.address)
     print(summary_table(rep))
@@ -79,8 +88,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imc_ray import evaluate
 
-    result = evaluate.evaluate(args.submission, args.truth, args.thresholds)
-    print(json.dumps(result, indent=1) if args.json else evaluate.format_table(result))
+    if args.clusters:
+        result = evaluate.evaluate_clusters(args.submission, args.truth, args.thresholds)
+        print(json.dumps(result, indent=1) if args.json else evaluate.format_clusters_table(result))
+    else:
+        result = evaluate.evaluate(args.submission, args.truth, args.thresholds)
+        print(json.dumps(result, indent=1) if args.json else evaluate.format_table(result))
     return EXIT_OK
 
 

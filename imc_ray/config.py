@@ -95,6 +95,12 @@ class MappingConfig:
     of the scene's readable images (0 disables); the attempt that registers more is kept."""
     num_threads: int = -1
     """-1 uses the CPUs Ray granted the mapping task."""
+    clusters: bool = False
+    """IMC-2025 mode (``imc-ray run --cluster``): each scene folder is a pile of images from several
+    scenes plus outliers. Every model of at least ``min_model_size`` images becomes a cluster
+    (its images are those connected by geometrically verified pairs with >= ``min_num_inliers``
+    inliers that the mapper registered); an image in several models goes to the largest; the rest
+    are ``outliers``."""
     seed: int = 0
 
 

@@ -998,6 +998,37 @@ def evaluate(submission: Path, truth_root: Path, thresholds_file: Path | None = 
     }
 
 
+def evaluate_clusters(submission: Path, truth_root: Path, thresholds_file: Path | None = None) -> dict[str, Any]:
+    """IMC 2025 scores of a clustered submission (``imc-ray run --cluster``).
+
+    The submission's ``scene`` column names clusters (``outliers`` is reserved); the truth holds the
+    true scenes of each dataset as ``<truth_root>/<dataset>/<scene>/labels.csv``. Each dataset of the
+    truth is scored with :func:`score_clusters`; the final score is 100 x the mean over datasets.
+    """
+    truth = read_truth(Path(truth_root))
+    sub = read_submission(Path(submission))
+    from_file = read_thresholds(Path(thresholds_file)) if thresholds_file is not None else {}
+    datasets: list[dict[str, Any]] = []
+    for dataset in sorted({d for d, _ in truth}):
+        scenes = {k: v for k, v in truth.items() if k[0] == dataset}
+        clusters = {scene: dict(images) for (d, scene), images in sub.items() if d == dataset}
+        thresholds = {k: from_file.get(k) or relative_thresholds(v) for k, v in scenes.items()}
+        datasets.append(score_clusters(scenes, clusters, thresholds))
+    final = 100.0 * float(np.mean([d["score"] for d in datasets])) if datasets else 0.0
+    return {"datasets": datasets, "final": final}
+
+
+def format_clusters_table(result: Mapping[str, Any]) -> str:
+    """Text table of an :func:`evaluate_clusters` result."""
+    lines = [f"{'dataset':<24} {'mAA':>7} {'cluster':>8} {'score':>7}"]
+    for d in result["datasets"]:
+        lines.append(
+            f"{d['dataset']:<24} {100 * d['maa']:>7.2f} {100 * d['clusterness']:>8.2f} {100 * d['score']:>7.2f}"
+        )
+    lines.append(f"final (100 x mean over datasets): {result['final']:.2f}")
+    return "\n".join(lines)
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """Fixed-width text table of an :func:`evaluate` result: one row per scene, then overall.
 

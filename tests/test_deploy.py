@@ -131,8 +131,8 @@ def test_ray_rejects_a_broken_copy_of_the_text(tmp_path: Path) -> None:
 
 def test_image_matches_the_ray_and_python_used_here(raw: dict[str, Any]) -> None:
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    # `ray up` and `ray job submit` run the Ray installed here; the cluster must run the same Ray and Python.
     assert raw["docker"]["image"] == f"rayproject/ray:{ray.__version__}-{py}-gpu"
-    assert ray.__version__ == "2.60.0" and py == "py311"
     pins = [c for c in raw["setup_commands"] if "ray[" in c]
     assert pins and all(f"ray[default,data]=={ray.__version__}" in c for c in pins)
 

@@ -46,12 +46,12 @@ K_TEXT = "500.0;0.0;320.0;0.0;500.0;240.0;0.0;0.0;1.0"
 
 def write_submission(path: Path, poses: dict[tuple[str, str], dict[str, Pose | None]]) -> None:
     """The pipeline's own writer, fed from ``{(dataset, scene): {image: Pose | None}}``."""
-    images = [(d, s, n) for (d, s), per in poses.items() for n in per]
-    flat = {
-        key: {n: (p.R.ravel().tolist(), p.t.ravel().tolist()) for n, p in per.items() if p is not None}
-        for key, per in poses.items()
-    }
-    submission.write_submission(path, images, flat)
+    rows = [
+        (d, s, n, None if p is None else (p.R.ravel().tolist(), p.t.ravel().tolist()))
+        for (d, s), per in poses.items()
+        for n, p in per.items()
+    ]
+    submission.write_submission(path, rows)
 
 
 def look_at(centre: np.ndarray, target: np.ndarray | None = None) -> Pose:

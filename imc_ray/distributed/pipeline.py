@@ -36,7 +36,7 @@ from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
 from imc_ray.stages import mapping, pairs, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
-from imc_ray.stages.submission import write_submission
+from imc_ray.stages.submission import scene_rows, write_submission
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,20 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
         results = _match_and_map(scenes, scene_pairs, output, cfg, keys, gpus, rep)
     for s in scenes:
         rep["scenes"][f"{s.dataset}/{s.name}"]["pairs_method"] = methods.get((s.dataset, s.name), "")
-    poses = {(r.dataset, r.scene): r.poses for r in results}
+    by_scene = {(r.dataset, r.scene): r for r in results}
     t0 = time.perf_counter()
-    n_reg = write_submission(
-        output / "submission.csv",
-        [(s.dataset, s.name, ref.name) for s in scenes for ref in s.images],
-        poses,
-    )
+    rows = [
+        row
+        for s in scenes
+        for row in scene_rows(
+            s.dataset,
+            s.name,
+            [ref.name for ref in s.images],
+            by_scene[(s.dataset, s.name)].poses,
+            by_scene[(s.dataset, s.name)].clusters,
+        )
+    ]
+    n_reg = write_submission(output / "submission.csv", rows)
     rep["stages"]["submission"] = {"seconds": time.perf_counter() - t0, "registered": n_reg}
     for r in results:
         entry = rep["scenes"][f"{r.dataset}/{r.scene}"]

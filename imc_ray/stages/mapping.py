@@ -46,7 +46,10 @@ class SceneResult:
     model_sizes: list[int] = field(default_factory=list)
     """Registered images per model, largest first (``sparse/0`` is the largest)."""
     poses: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    """image name -> (R row-major (9,), t (3,)), world-to-camera, from the largest model."""
+    """image name -> (R row-major (9,), t (3,)), world-to-camera, from the largest model
+    (cluster mode: from the model of the image's cluster)."""
+    clusters: dict[str, int] | None = None
+    """Cluster mode only: image name -> index of its model (its cluster)."""
     seconds: dict[str, float] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
@@ -283,7 +286,15 @@ def run(
         write_models(models, scene_dir / "sparse")
         result.seconds["mapping"] = time.perf_counter() - t2
         result.model_sizes = [m.num_reg_images() for m in models]
-        if models:
+        if cfg.clusters:
+            result.clusters = {}
+            for k in reversed(range(len(models))):  # largest model last: it wins shared images
+                model_poses = poses_of(models[k])
+                result.poses.update(model_poses)
+                result.clusters.update(dict.fromkeys(model_poses, k))
+            if not models:
+                result.note = "no cluster: every image is an outlier"
+        elif models:
             result.poses = poses_of(models[0])
         elif len(features) < 2:
             result.note = f"{len(features)} readable image(s): nothing to reconstruct"

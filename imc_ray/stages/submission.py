@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from imc_ray.formats import write_text_atomic
 
 HEADER = ("dataset", "scene", "image", "rotation_matrix", "translation_vector")
+OUTLIERS = "outliers"
+"""The reserved cluster name of images that belong to no cluster (IMC 2025)."""
+
+Pose = tuple[list[float], list[float]]
 
 
 def _join(values: Iterable[float]) -> str:
     return ";".join(repr(float(v)) for v in values)  # repr: read back exactly
 
 
-def write_submission(
-    path: Path,
-    images: Iterable[tuple[str, str, str]],
-    poses: Mapping[tuple[str, str], Mapping[str, tuple[list[float], list[float]]]],
-) -> int:
-    """Write the CSV for ``images`` ((dataset, scene, name) triples); return how many have poses."""
+def write_submission(path: Path, rows: Iterable[tuple[str, str, str, Pose | None]]) -> int:
+    """Write ``(dataset, scene, image, pose or None)`` rows; return how many have poses.
+
+    pose: (R row-major (9,), t (3,)), world-to-camera. ``scene`` is a cluster name in cluster mode.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HEADER)
     registered = 0
-    for dataset, scene, name in images:
-        pose = poses.get((dataset, scene), {}).get(name)
+    for dataset, scene, name, pose in rows:
         if pose is None:
             writer.writerow([dataset, scene, name, ";".join(["nan"] * 9), ";".join(["nan"] * 3)])
         else:
@@ -40,3 +42,21 @@ def write_submission(
             registered += 1
     write_text_atomic(path, buf.getvalue())
     return registered
+
+
+def scene_rows(
+    dataset: str,
+    scene: str,
+    names: Iterable[str],
+    poses: Mapping[str, Pose],
+    clusters: Mapping[str, int] | None = None,
+) -> Iterator[tuple[str, str, str, Pose | None]]:
+    """Submission rows of one scene. With ``clusters`` (image -> model index, cluster mode), the scene
+    column is ``cluster<k>`` for images in model k and ``outliers`` for the rest."""
+    for name in names:
+        if clusters is None:
+            yield dataset, scene, name, poses.get(name)
+        elif name in clusters:
+            yield dataset, f"cluster{clusters[name]}", name, poses.get(name)
+        else:
+            yield dataset, OUTLIERS, name, None

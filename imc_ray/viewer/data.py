@@ -1,0 +1,662 @@
+"""Read-only loaders over the OUTPUT folder of ``imc-ray run`` (layout in :mod:`imc_ray.formats`).
+
+Nothing here writes: HDF5 files are opened read-only without locks, COLMAP's ``database.db`` is read with
+SQLite in read-only, immutable mode (no journal or lock file is created beside it, and it also works on
+read-only media), and models are read with ``pycolmap.Reconstruction``.
+
+Every file name that comes from the run's own files (scene keys of ``run.json``, image names) is
+resolved and checked to lie inside OUTPUT, or, for photos, inside the scene's input images folder:
+a name never leads out of them (``..``, absolute names and symlinks pointing outside are refused with
+:class:`ViewerError`).
+
+Nothing here imports Streamlit, so :mod:`imc_ray.viewer.render` and the tests use it on a lean install.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from imc_ray.config import ImagesConfig
+from imc_ray.formats import Features, pair_key, read_features_h5
+
+logger = logging.getLogger(__name__)
+
+EVALUATION_FILE = "evaluation.json"
+"""Optional: the JSON of ``imc-ray evaluate --json`` saved into OUTPUT; the viewer shows its scores."""
+
+_PAIR_ID_FACTOR = 2147483647  # COLMAP: pair_id = image_id1 * 2^31-1 + image_id2 with image_id1 < image_id2
+
+
+class ViewerError(ValueError):
+    """The output folder (or one file or name in it) cannot be shown."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def resolve_inside(base: Path, *parts: str) -> Path:
+    """``base/parts...`` resolved, refused unless it lies inside the resolved ``base``.
+
+    Raises:
+        ViewerError: a part is absolute, climbs out with ``..``, or a symlink leads outside ``base``.
+    """
+    root = Path(base).resolve()
+    for part in parts:
+        if not part or Path(part).is_absolute() or "\\" in part or "\0" in part:
+            raise ViewerError(f"refusing the name {part!r}: not a plain relative name")
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise ViewerError(f"refusing {'/'.join(parts)!r}: it leads outside {root}")
+    return path
+
+
+def check_output(output: Path) -> Path:
+    """The resolved OUTPUT folder of a run (a folder holding ``run.json``).
+
+    Raises:
+        ViewerError: not a folder, or no ``run.json`` in it.
+    """
+    out = Path(output).expanduser().resolve()
+    if not out.is_dir():
+        raise ViewerError(f"{output}: not a folder; pass the OUTPUT folder of 'imc-ray run INPUT OUTPUT'")
+    if not (out / "run.json").is_file():
+        raise ViewerError(f"{output}: no run.json in it; pass the OUTPUT folder of 'imc-ray run INPUT OUTPUT'")
+    return out
+
+
+def scene_dir(output: Path, dataset: str, scene: str) -> Path:
+    """OUTPUT/<dataset>/<scene>, checked to lie inside OUTPUT."""
+    return resolve_inside(output, dataset, scene)
+
+
+# ----------------------------------------------------------------------------- run level
+
+
+def load_report(output: Path) -> dict[str, Any]:
+    """``run.json`` as a dict.
+
+    Raises:
+        ViewerError: missing or not JSON.
+    """
+    path = check_output(output) / "run.json"
+    try:
+        rep = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ViewerError(f"{path}: cannot read ({exc}); is the run still writing it?") from None
+    if not isinstance(rep, dict):
+        raise ViewerError(f"{path}: not a run report (expected a JSON object)")
+    return rep
+
+
+@dataclass(frozen=True)
+class SceneSummary:
+    """One scene of a run, as ``run.json`` reports it."""
+
+    dataset: str
+    scene: str
+    num_images: int
+    num_registered: int
+    num_pairs: int
+    num_verified_pairs: int
+    model_sizes: tuple[int, ...]
+    pairs_method: str
+    note: str
+    error: str | None
+
+    @property
+    def key(self) -> str:
+        """``dataset/scene``."""
+        return f"{self.dataset}/{self.scene}"
+
+
+def list_scenes(report: dict[str, Any]) -> list[SceneSummary]:
+    """The scenes of ``run.json``'s ``scenes`` (keys ``dataset/scene``), in the report's order."""
+    out = []
+    for key, s in report.get("scenes", {}).items():
+        dataset, _, scene = str(key).partition("/")
+        out.append(
+            SceneSummary(
+                dataset=dataset,
+                scene=scene,
+                num_images=int(s.get("num_images", 0)),
+                num_registered=int(s.get("num_registered", 0)),
+                num_pairs=int(s.get("num_pairs", 0)),
+                num_verified_pairs=int(s.get("num_verified_pairs", 0)),
+                model_sizes=tuple(int(v) for v in s.get("model_sizes", [])),
+                pairs_method=str(s.get("pairs_method", "")),
+                note=str(s.get("note", "")),
+                error=s.get("error"),
+            )
+        )
+    return out
+
+
+def stage_seconds(report: dict[str, Any]) -> dict[str, float]:
+    """Seconds per pipeline stage (``run.json``'s ``stages``), in run order."""
+    out = {}
+    for name, st in report.get("stages", {}).items():
+        if isinstance(st, dict):
+            value = st.get("seconds", st.get("seconds_after_matching"))
+            if isinstance(value, int | float) and math.isfinite(value):
+                out[str(name)] = float(value)
+    return out
+
+
+def image_errors(report: dict[str, Any]) -> list[dict[str, str]]:
+    """Per-image (or per-pair) errors of the run: dataset, scene, what (image or pair) and error."""
+    out = []
+    for e in report.get("errors", []):
+        what = e.get("image") or " / ".join(e.get("pair", [])) or ""
+        out.append(
+            {
+                "dataset": str(e.get("dataset", "")),
+                "scene": str(e.get("scene", "")),
+                "what": str(what),
+                "error": str(e.get("error", "")),
+            }
+        )
+    return out
+
+
+def load_evaluation(output: Path) -> dict[str, Any] | None:
+    """Scores from ``OUTPUT/evaluation.json`` (``imc-ray evaluate --json``), or None when absent or unreadable."""
+    path = check_output(output) / EVALUATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("%s: not readable (%s); scores are not shown", path, exc)
+        return None
+    return result if isinstance(result, dict) and "scenes" in result else None
+
+
+def scene_scores(evaluation: dict[str, Any] | None, dataset: str, scene: str) -> dict[str, Any] | None:
+    """The evaluation row of one scene, or None."""
+    if not evaluation:
+        return None
+    for row in evaluation.get("scenes", []):
+        if row.get("dataset") == dataset and row.get("scene") == scene:
+            return dict(row)
+    return None
+
+
+def submission_images(output: Path) -> dict[tuple[str, str], dict[str, bool]]:
+    """Every image of ``submission.csv`` per (dataset, scene): name -> registered (a finite pose)."""
+    path = check_output(output) / "submission.csv"
+    out: dict[tuple[str, str], dict[str, bool]] = {}
+    if not path.is_file():
+        return out
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            rot = row.get("rotation_matrix", "nan")
+            registered = "nan" not in rot.lower() and bool(rot.strip())
+            out.setdefault((row["dataset"], row["scene"]), {})[row["image"]] = registered
+    return out
+
+
+def images_config(report: dict[str, Any]) -> ImagesConfig:
+    """The run's image decoding settings (``config.images`` of ``run.json``), defaults where absent."""
+    section = report.get("config", {}).get("images", {})
+    default = ImagesConfig()
+    bg = section.get("background", default.background)
+    return ImagesConfig(
+        background=(int(bg[0]), int(bg[1]), int(bg[2])),
+        max_pixels=int(section.get("max_pixels", default.max_pixels)),
+        min_side=int(section.get("min_side", default.min_side)),
+    )
+
+
+# ----------------------------------------------------------------------------- scene level
+
+
+def scene_image_names(output: Path, dataset: str, scene: str) -> list[str]:
+    """Names of the images that have features (``features.h5``), sorted."""
+    path = scene_dir(output, dataset, scene) / "features.h5"
+    if not path.is_file():
+        return []
+    names: list[str] = []
+    with h5py.File(path, "r", locking=False) as f:
+        f.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Group) and "keypoints" in obj else None)
+    return sorted(names)
+
+
+def registered_names(output: Path, dataset: str, scene: str) -> set[str]:
+    """Images with a pose (from ``scene.json``), empty when the scene has none."""
+    path = scene_dir(output, dataset, scene) / "scene.json"
+    if not path.is_file():
+        return set()
+    try:
+        return set(json.loads(path.read_text()).get("poses", {}))
+    except (OSError, json.JSONDecodeError):
+        return set()
+
+
+def image_status(output: Path, report: dict[str, Any], dataset: str, scene: str) -> dict[str, bool]:
+    """Every image of a scene -> registered, sorted by name.
+
+    The images are those with features (``features.h5``), those the run could not read (``run.json``'s
+    errors) and the scene's rows of ``submission.csv``; registered are the images with a pose in
+    ``scene.json`` or a finite pose in ``submission.csv``.
+    """
+    sub = submission_images(output).get((dataset, scene), {})
+    names = set(scene_image_names(output, dataset, scene)) | set(sub)
+    names |= {
+        str(e["image"])
+        for e in report.get("errors", [])
+        if e.get("image") and (e.get("dataset"), e.get("scene")) == (dataset, scene)
+    }
+    names.discard("")
+    registered = registered_names(output, dataset, scene) | {n for n, ok in sub.items() if ok}
+    return {n: n in registered for n in sorted(names)}
+
+
+def unregistered_images(output: Path, report: dict[str, Any], dataset: str, scene: str) -> list[str]:
+    """Images of the scene without a pose (see :func:`image_status`), sorted."""
+    return [n for n, ok in image_status(output, report, dataset, scene).items() if not ok]
+
+
+def load_keypoints(output: Path, dataset: str, scene: str, name: str) -> Features:
+    """Features of one image from ``features.h5`` (keypoints in original pixels, pixel-centre origin).
+
+    Raises:
+        ViewerError: no features file, or no such image in it.
+    """
+    path = scene_dir(output, dataset, scene) / "features.h5"
+    if not path.is_file():
+        raise ViewerError(f"{dataset}/{scene}: no features.h5")
+    try:
+        return read_features_h5(path, [name])[name]
+    except KeyError:
+        raise ViewerError(f"{dataset}/{scene}: no features for image {name!r}") from None
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    """One matched pair: LightGlue matches (``matches.h5``) and verified inliers (``database.db``)."""
+
+    name0: str
+    name1: str
+    num_matches: int
+    num_inliers: int
+
+    @property
+    def label(self) -> str:
+        """A one-line description for a list."""
+        return f"{self.name0} - {self.name1}: {self.num_matches} matches, {self.num_inliers} inliers"
+
+
+def _match_counts(path: Path, names: list[str]) -> dict[tuple[str, str], int]:
+    """Every pair of ``matches.h5`` -> its number of matches.
+
+    The hloc layout nests ``/<name0>/<name1>/matches0`` with ``/`` in names replaced by ``-``
+    (:func:`imc_ray.formats.pair_key`); ``names`` (the images with features) maps them back.
+    """
+    back = {n.replace("/", "-"): n for n in names}
+    out: dict[tuple[str, str], int] = {}
+    with h5py.File(path, "r", locking=False) as f:
+        for k0, g0 in f.items():
+            if not isinstance(g0, h5py.Group):
+                continue
+            for k1, g1 in g0.items():
+                if isinstance(g1, h5py.Group) and "matches0" in g1:
+                    pair = (back.get(k0, k0), back.get(k1, k1))
+                    out[pair] = int(np.count_nonzero(g1["matches0"][()] >= 0))
+    return out
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """COLMAP's ``database.db`` opened read-only and immutable: SQLite writes nothing, not even a lock file.
+
+    Raises:
+        ViewerError: the file is missing or not a COLMAP database.
+    """
+    if not path.is_file():
+        raise ViewerError(f"{path}: no such database")
+    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        con.execute("SELECT image_id, name FROM images LIMIT 1").fetchall()
+        con.execute("SELECT pair_id, rows FROM two_view_geometries LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise ViewerError(f"{path}: not a COLMAP database ({exc})") from None
+    return con
+
+
+def _image_ids(con: sqlite3.Connection) -> dict[str, int]:
+    return {str(name): int(i) for i, name in con.execute("SELECT image_id, name FROM images")}
+
+
+def _pair_id(id0: int, id1: int) -> int:
+    a, b = min(id0, id1), max(id0, id1)
+    return a * _PAIR_ID_FACTOR + b
+
+
+def _inlier_counts(path: Path, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Verified inliers of each pair (two-view geometries of ``database.db``); 0 when not verified."""
+    if not path.is_file():
+        return {}
+    con = open_database(path)
+    try:
+        ids = _image_ids(con)
+        rows = {int(pid): int(n) for pid, n in con.execute("SELECT pair_id, rows FROM two_view_geometries")}
+    finally:
+        con.close()
+    out = {}
+    for a, b in pairs:
+        if a in ids and b in ids:
+            out[(a, b)] = rows.get(_pair_id(ids[a], ids[b]), 0)
+    return out
+
+
+def list_pairs(output: Path, dataset: str, scene: str) -> list[PairInfo]:
+    """Matched pairs of a scene (the groups of ``matches.h5``), most matches first (ties: most inliers, names)."""
+    sdir = scene_dir(output, dataset, scene)
+    if not (sdir / "matches.h5").is_file():
+        return []
+    counts = _match_counts(sdir / "matches.h5", scene_image_names(output, dataset, scene))
+    inliers = _inlier_counts(sdir / "database.db", list(counts))
+    out = [PairInfo(a, b, n, inliers.get((a, b), 0)) for (a, b), n in counts.items()]
+    out.sort(key=lambda p: (-p.num_matches, -p.num_inliers, p.name0, p.name1))
+    return out
+
+
+@dataclass(frozen=True)
+class PairMatches:
+    """The matches of one pair with the verified ones marked.
+
+    keypoints0, keypoints1: (N0, 2), (N1, 2) float32, original pixels, pixel-centre origin.
+    matches: (M, 2) int32 indices into keypoints0 / keypoints1 (every LightGlue match).
+    inlier: (M,) bool, True for the matches that geometric verification kept.
+    inliers_only: (K, 2) int32 verified matches that are not among ``matches`` (normally empty).
+    """
+
+    name0: str
+    name1: str
+    keypoints0: np.ndarray
+    keypoints1: np.ndarray
+    matches: np.ndarray
+    inlier: np.ndarray
+    inliers_only: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+
+    @property
+    def num_inliers(self) -> int:
+        """Number of verified matches."""
+        return int(self.inlier.sum()) + len(self.inliers_only)
+
+
+def read_inlier_matches(path: Path, name0: str, name1: str) -> np.ndarray:
+    """Verified inlier matches of a pair from ``database.db``: (K, 2) int32 indices (image 0, image 1).
+
+    COLMAP stores ``rows x 2`` uint32 keypoint indices for the pair ordered by image id; they are
+    swapped back when ``name0`` has the larger id. Empty when the pair was not verified.
+    """
+    con = open_database(path)
+    try:
+        ids = _image_ids(con)
+        if name0 not in ids or name1 not in ids:
+            return np.zeros((0, 2), np.int32)
+        row = con.execute(
+            "SELECT rows, cols, data FROM two_view_geometries WHERE pair_id = ?", (_pair_id(ids[name0], ids[name1]),)
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None or not row[0] or row[2] is None:
+        return np.zeros((0, 2), np.int32)
+    rows, cols, data = int(row[0]), int(row[1]), row[2]
+    if cols != 2 or len(data) != rows * cols * 4:
+        raise ViewerError(f"{path}: two-view geometry of {name0} / {name1} has an unexpected layout")
+    idx = np.frombuffer(data, dtype="<u4").reshape(rows, 2).astype(np.int32)
+    if ids[name0] > ids[name1]:
+        idx = idx[:, ::-1]
+    return np.ascontiguousarray(idx)
+
+
+def load_pair(output: Path, dataset: str, scene: str, name0: str, name1: str) -> PairMatches:
+    """Keypoints, matches and the verified-inlier mask of one pair.
+
+    Raises:
+        ViewerError: the pair has no matches in ``matches.h5``.
+    """
+    sdir = scene_dir(output, dataset, scene)
+    path = sdir / "matches.h5"
+    if not path.is_file():
+        raise ViewerError(f"{dataset}/{scene}: no matches.h5")
+    with h5py.File(path, "r", locking=False) as f:
+        key = pair_key(name0, name1)
+        if key not in f:
+            raise ViewerError(f"{dataset}/{scene}: no matches for {name0} / {name1}")
+        m0 = f[key]["matches0"][()]
+    valid = m0 >= 0
+    matches = np.stack([np.nonzero(valid)[0], m0[valid]], axis=1).astype(np.int32)
+    feats = read_features_h5(sdir / "features.h5", [name0, name1])
+    inl = read_inlier_matches(sdir / "database.db", name0, name1) if (sdir / "database.db").is_file() else None
+    inlier = np.zeros(len(matches), bool)
+    extra = np.zeros((0, 2), np.int32)
+    if inl is not None and len(inl):
+        code = matches[:, 0].astype(np.int64) * (1 << 32) + matches[:, 1]
+        inl_code = inl[:, 0].astype(np.int64) * (1 << 32) + inl[:, 1]
+        inlier = np.isin(code, inl_code)
+        extra = inl[~np.isin(inl_code, code)]
+    return PairMatches(
+        name0=name0,
+        name1=name1,
+        keypoints0=feats[name0].keypoints,
+        keypoints1=feats[name1].keypoints,
+        matches=matches,
+        inlier=inlier,
+        inliers_only=extra,
+    )
+
+
+# ----------------------------------------------------------------------------- 3D model
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """One registered image of a model.
+
+    centre: (3,) camera centre in world coordinates.
+    rotation: (3, 3) world-to-camera rotation (x_cam = R x_world + t).
+    K: (3, 3) calibration matrix (distortion ignored); width, height in pixels.
+    """
+
+    name: str
+    centre: np.ndarray
+    rotation: np.ndarray
+    K: np.ndarray
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Model:
+    """A sparse model: points (N, 3) float64, colors (N, 3) uint8, errors (N,) reprojection px, cameras."""
+
+    points: np.ndarray
+    colors: np.ndarray
+    errors: np.ndarray
+    cameras: list[CameraView]
+
+    @property
+    def registered(self) -> list[str]:
+        """Names of the registered images."""
+        return [c.name for c in self.cameras]
+
+
+def list_models(output: Path, dataset: str, scene: str) -> list[int]:
+    """The model indices ``k`` of ``sparse/<k>/`` (0 is the largest), sorted."""
+    sparse = scene_dir(output, dataset, scene) / "sparse"
+    if not sparse.is_dir():
+        return []
+    return sorted(int(p.name) for p in sparse.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def load_model(output: Path, dataset: str, scene: str, k: int = 0) -> Model | None:
+    """Model ``sparse/<k>`` of a scene (None when the scene has none).
+
+    Raises:
+        ViewerError: the model files cannot be read.
+    """
+    import pycolmap
+
+    path = resolve_inside(check_output(output), dataset, scene, "sparse", str(int(k)))
+    if not path.is_dir():
+        return None
+    try:
+        rec = pycolmap.Reconstruction(str(path))
+    except (RuntimeError, ValueError) as exc:
+        raise ViewerError(f"{path}: cannot read the model ({exc})") from None
+    pts = rec.points3D
+    n = len(pts)
+    points = np.zeros((n, 3), np.float64)
+    colors = np.zeros((n, 3), np.uint8)
+    errors = np.zeros(n, np.float64)
+    for i, p in enumerate(pts.values()):
+        points[i] = p.xyz
+        colors[i] = p.color
+        errors[i] = p.error
+    cameras = []
+    for image in sorted(rec.images.values(), key=lambda im: im.name):
+        if not image.has_pose:
+            continue
+        pose = image.cam_from_world()
+        rot = np.asarray(pose.rotation.matrix(), np.float64)
+        t = np.asarray(pose.translation, np.float64).ravel()
+        cam = rec.cameras[image.camera_id]
+        cameras.append(
+            CameraView(
+                name=image.name,
+                centre=-rot.T @ t,
+                rotation=rot,
+                K=np.asarray(cam.calibration_matrix(), np.float64),
+                width=int(cam.width),
+                height=int(cam.height),
+            )
+        )
+    return Model(points=points, colors=colors, errors=errors, cameras=cameras)
+
+
+def inlier_point_mask(points: np.ndarray, quantile: float = 0.98, margin: float = 2.0) -> np.ndarray:
+    """(N,) bool: points within ``margin`` times the ``quantile`` distance from the median (drops far outliers
+    that would shrink the rest of the view to a dot)."""
+    if len(points) == 0:
+        return np.zeros(0, bool)
+    d = np.linalg.norm(points - np.median(points, axis=0), axis=1)
+    limit = float(np.quantile(d, quantile)) * margin
+    return np.asarray(d <= max(limit, 1e-12), dtype=bool)
+
+
+def scene_scale(model: Model) -> float:
+    """A length for drawing cameras: a tenth of the spread of camera centres (or of the points)."""
+    if len(model.cameras) >= 2:
+        c = np.stack([cam.centre for cam in model.cameras])
+        spread = float(np.median(np.linalg.norm(c - np.median(c, axis=0), axis=1)))
+        if spread > 0:
+            return 0.15 * spread
+    pts = model.points[inlier_point_mask(model.points)]
+    if len(pts):
+        spread = float(np.median(np.linalg.norm(pts - np.median(pts, axis=0), axis=1)))
+        if spread > 0:
+            return 0.15 * spread
+    return 1.0
+
+
+def frustum_segments(model: Model, size: float | None = None) -> np.ndarray:
+    """Camera frusta as line segments: (8 * cameras, 2, 3) world points (4 edges from the centre to the
+    image corners at depth ``size`` and the 4 edges of the image rectangle)."""
+    size = scene_scale(model) if size is None else size
+    segs = []
+    for cam in model.cameras:
+        w, h = cam.width, cam.height
+        corners_px = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], np.float64)
+        rays = corners_px @ np.linalg.inv(cam.K).T  # (4, 3) camera coordinates, z = 1
+        rays *= size / max(float(np.linalg.norm(rays[:, :2], axis=1).max()), 1.0)  # keep frusta a fixed size
+        world = rays @ cam.rotation + cam.centre  # R^T x + C
+        for i in range(4):
+            segs.append((cam.centre, world[i]))
+            segs.append((world[i], world[(i + 1) % 4]))
+    if not segs:
+        return np.zeros((0, 2, 3), np.float64)
+    return np.asarray(segs, np.float64)
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+@functools.lru_cache(maxsize=16)
+def _input_scenes(input_root: str) -> dict[tuple[str, str], str]:
+    from imc_ray.stages.catalog import CatalogError, find_scenes
+
+    try:
+        return {(s.dataset, s.name): str(s.image_dir) for s in find_scenes(Path(input_root))}
+    except (CatalogError, OSError) as exc:
+        logger.warning("input %s: %s; photos are not shown", input_root, exc)
+        return {}
+
+
+def input_root(report: dict[str, Any], override: Path | None = None) -> Path | None:
+    """The run's INPUT folder: ``override``, else ``run.json``'s ``input`` (a relative one is taken from the
+    current folder, as the run did); None when it does not exist any more."""
+    if override is not None:
+        return Path(override).expanduser().resolve() if Path(override).is_dir() else None
+    value = report.get("input")
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    return path.resolve() if path.is_dir() else None
+
+
+def images_folder(report: dict[str, Any], dataset: str, scene: str, override: Path | None = None) -> Path | None:
+    """The input images folder of a scene (``<input>/<dataset>/<scene>/images`` or as the catalog finds it)."""
+    root = input_root(report, override)
+    if root is None:
+        return None
+    direct = root / dataset / scene / "images"
+    if direct.is_dir():
+        return direct.resolve()
+    found = _input_scenes(str(root)).get((dataset, scene))
+    return Path(found).resolve() if found else None
+
+
+def image_path(report: dict[str, Any], dataset: str, scene: str, name: str, override: Path | None = None) -> Path:
+    """The input photo of one image, checked to lie inside its scene's images folder.
+
+    Raises:
+        ViewerError: the input folder is gone, the name leads outside, or the file is missing.
+    """
+    folder = images_folder(report, dataset, scene, override)
+    if folder is None:
+        raise ViewerError(
+            f"{dataset}/{scene}: the input images folder of the run ({report.get('input')}) is not there any more"
+        )
+    path = resolve_inside(folder, *name.split("/"))
+    if not path.is_file():
+        raise ViewerError(f"{dataset}/{scene}: photo {name!r} is not in {folder}")
+    return path
+
+
+def load_photo(report: dict[str, Any], dataset: str, scene: str, name: str, override: Path | None = None) -> np.ndarray:
+    """The decoded photo (H, W, 3) uint8, as the run decoded it (EXIF orientation, alpha background).
+
+    Raises:
+        ViewerError: see :func:`image_path`; or the photo cannot be decoded.
+    """
+    from imc_ray.stages.catalog import ImageError, decode_image
+
+    path = image_path(report, dataset, scene, name, override)
+    try:
+        return decode_image(path, images_config(report))
+    except ImageError as exc:
+        raise ViewerError(str(exc)) from None
