@@ -77,6 +77,12 @@ class MatchingConfig:
     filter_threshold: float = 0.1
     min_matches: int = 15
     """Pairs with fewer matches are not written to the COLMAP database."""
+    rotation_check: bool = True
+    """Find images turned by 90/180/270 degrees and match them again upright (``stages/orientation.py``)."""
+    rotation_min_matches: int = 30
+    """An image whose best pair has fewer matches is checked for a turn."""
+    rotation_partners: int = 3
+    """Images a suspect is matched against at each turn."""
 
 
 @dataclass(frozen=True)

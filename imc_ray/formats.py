@@ -308,8 +308,10 @@ def write_shard(directory: Path, table: pa.Table) -> Path:
 
 
 def read_shards(directory: Path, schema: pa.Schema) -> pa.Table:
-    """Concatenate every committed shard of a directory (temporary files are ignored)."""
-    files = _shard_files(directory)
+    """Concatenate every committed shard of a directory (temporary files are ignored), then the
+    override shards of ``directory/rotated/``: rows there come last, so they replace earlier rows
+    of the same image or pair when the table is turned into a dict."""
+    files = _shard_files(directory) + _shard_files(directory / "rotated")
     if not files:
         return schema.empty_table()
     tables = []

@@ -34,7 +34,7 @@ from imc_ray.config import RunConfig, stage_keys
 from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
-from imc_ray.stages import mapping, pairs, retrieval
+from imc_ray.stages import mapping, orientation, pairs, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
@@ -226,11 +226,18 @@ def _match_and_map(
         map_cfg = dataclasses.replace(map_cfg, num_threads=cfg.compute.mapping_cpus)
     futures = []
 
+    orient_task = ray.remote(num_cpus=1)(orientation.run)
+
     def submit(key: tuple[str, str]) -> None:
         s = by_key[key]
         sd = scene_dir(output, *key)
+        ready = None
+        if cfg.matching.rotation_check and scene_pairs[key]:  # mapping waits for it (an ObjectRef argument)
+            ready = orient_task.remote(sd, s.image_dir, cfg, keys, scene_pairs[key])
         futures.append(
-            map_task.remote(sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys)
+            map_task.remote(  # type: ignore[call-arg]  # ray's stubs type at most 7 arguments
+                sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys, ready
+            )
         )
 
     rows: list[dict[str, str]] = []

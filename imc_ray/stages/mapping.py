@@ -51,6 +51,8 @@ class SceneResult:
     clusters: dict[str, int] | None = None
     """Cluster mode only: image name -> index of its model (its cluster)."""
     seconds: dict[str, float] = field(default_factory=dict)
+    rotated: dict[str, int] = field(default_factory=dict)
+    """Images found turned and matched again upright (image -> degrees, see ``stages/orientation``)."""
     attempts: dict[str, int] = field(default_factory=dict)
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
     error: str | None = None
@@ -252,16 +254,18 @@ def run(
     cfg: MappingConfig,
     min_matches: int,
     keys: dict[str, str],
+    rotated: dict[str, int] | None = None,
 ) -> SceneResult:
     """Files in, files out for one scene: ``features.h5`` and the match shards of ``keys["matches"]`` in;
     ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
 
     A finished scene whose ``scene.json`` carries the same key (settings and inputs) is reused as is.
+    rotated: images the orientation stage turned (image -> degrees), recorded in the result.
     """
     if not logger.isEnabledFor(logging.DEBUG):
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
     t0 = time.perf_counter()
-    result = SceneResult(dataset=dataset, scene=scene, num_images=num_images)
+    result = SceneResult(dataset=dataset, scene=scene, num_images=num_images, rotated=dict(rotated or {}))
     try:
         features = read_features_h5(scene_dir / "features.h5")
         matches = matches_from_table(read_shards(shard_dir(scene_dir, "matches", keys["matches"]), MATCH_SHARD_SCHEMA))

@@ -61,6 +61,8 @@ def streamlit_command(
         "false",
         "--server.fileWatcherType",
         "none",
+        "--client.toolbarMode",
+        "viewer",
         "--",
         str(out),
     ]

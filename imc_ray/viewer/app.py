@@ -18,12 +18,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from imc_ray.viewer import data, draw
+from imc_ray.viewer import INPUT_ENV, OUTPUT_ENV, data, draw
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_ENV = "IMC_RAY_VIEW_OUTPUT"
-INPUT_ENV = "IMC_RAY_VIEW_INPUT"
 VIEWS = ("Overview", "Scene 3D", "Images", "Pairs")
 MAX_POINTS = 100_000
 SCORE_COLUMNS = {
@@ -81,6 +79,12 @@ def cached_status(output: str, stamp: float, dataset: str, scene: str) -> dict[s
 def cached_model(output: str, stamp: float, dataset: str, scene: str, k: int) -> data.Model | None:
     """One sparse model."""
     return data.load_model(Path(output), dataset, scene, k)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def cached_pose_model(output: str, stamp: float, dataset: str, scene: str) -> data.Model | None:
+    """Cameras posed by ``scene.json`` for a scene without a sparse model."""
+    return data.model_from_poses(Path(output), dataset, scene)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -232,15 +236,23 @@ def show_scene(output: Path, scene: data.SceneSummary, stamp: float) -> None:
     """The scene's sparse model in 3D and the images it did not register."""
     st.header(f"Scene {scene.key}")
     models = data.list_models(output, scene.dataset, scene.scene)
-    cols = st.columns(4)
+    cols = st.columns(3)
     cols[0].metric("Registered", f"{scene.num_registered} / {scene.num_images}")
     cols[1].metric("Models", len(models))
-    cols[2].metric("Pairs", scene.num_pairs)
-    cols[3].metric("Verified pairs", scene.num_verified_pairs)
+    cols[2].metric(
+        "Verified pairs",
+        f"{scene.num_verified_pairs} / {scene.num_pairs}",
+        help="pairs that passed geometric verification / pairs with at least matching.min_matches matches",
+    )
     if scene.error or scene.note:
         st.warning(scene.error or scene.note)
     if not models:
-        st.info("This scene has no sparse model.")
+        model = cached_pose_model(str(output), stamp, scene.dataset, scene.scene)
+        if model is None:
+            st.info("This scene has no sparse model.")
+        else:
+            st.info(f"No sparse model: the {len(model.cameras)} camera(s) below are posed by scene.json (no points).")
+            st.plotly_chart(model_figure(model, 1.5, True), key="model3d")
     else:
         c1, c2, c3 = st.columns(3)
         sizes = scene.model_sizes
@@ -315,9 +327,10 @@ def show_pairs(output: Path, scene: data.SceneSummary, stamp: float) -> None:
     labels = {i: p.label for i, p in enumerate(pairs)}
     i = st.selectbox("Pair (most matches first)", list(labels), format_func=labels.__getitem__, key="pair")
     pair = pairs[int(i)]
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     show_in = c1.checkbox("Verified inliers (green)", value=True, key="show_inliers")
     show_out = c2.checkbox("Rejected matches (red)", value=True, key="show_rejected")
+    max_lines = c3.number_input("Most lines of each kind", 10, 10_000, 300, 50, key="max_lines")
     pm = data.load_pair(output, scene.dataset, scene.scene, pair.name0, pair.name1)
     photos = []
     for name in (pair.name0, pair.name1):
@@ -326,12 +339,15 @@ def show_pairs(output: Path, scene: data.SceneSummary, stamp: float) -> None:
             photo = draw.placeholder(data.load_keypoints(output, scene.dataset, scene.scene, name).image_size)
         photos.append(photo)
     n = len(pm.matches)
-    st.caption(
-        f"{n} matches, {pm.num_inliers} verified inliers, {n - int(pm.inlier.sum())} rejected. "
-        "Pairs with fewer matches than matching.min_matches were not verified."
-    )
+    if pair.checked:
+        st.caption(f"{n} matches: {pm.num_inliers} verified inliers, {n - int(pm.inlier.sum())} rejected.")
+    else:
+        st.caption(
+            f"{n} matches, not verified: pairs with fewer than matching.min_matches matches skip geometric "
+            "verification (all drawn as rejected)."
+        )
     st.image(
-        draw.draw_matches(photos[0], photos[1], pm, inliers=show_in, rejected=show_out),
+        draw.draw_matches(photos[0], photos[1], pm, inliers=show_in, rejected=show_out, max_lines=int(max_lines)),
         caption=f"{pair.name0} (left) and {pair.name1} (right)",
     )
     with st.expander("All pairs"):

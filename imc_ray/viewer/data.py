@@ -290,11 +290,14 @@ class PairInfo:
     name1: str
     num_matches: int
     num_inliers: int
+    checked: bool = True
+    """False when the pair never reached geometric verification (fewer than ``matching.min_matches``)."""
 
     @property
     def label(self) -> str:
         """A one-line description for a list."""
-        return f"{self.name0} - {self.name1}: {self.num_matches} matches, {self.num_inliers} inliers"
+        verdict = f"{self.num_inliers} inliers" if self.checked else "not verified"
+        return f"{self.name0} - {self.name1}: {self.num_matches} matches, {verdict}"
 
 
 def _match_counts(path: Path, names: list[str]) -> dict[tuple[str, str], int]:
@@ -329,6 +332,7 @@ def open_database(path: Path) -> sqlite3.Connection:
         con = sqlite3.connect(uri, uri=True)
         con.execute("SELECT image_id, name FROM images LIMIT 1").fetchall()
         con.execute("SELECT pair_id, rows FROM two_view_geometries LIMIT 1").fetchall()
+        con.execute("SELECT pair_id FROM matches LIMIT 1").fetchall()
     except sqlite3.Error as exc:
         raise ViewerError(f"{path}: not a COLMAP database ({exc})") from None
     return con
@@ -344,19 +348,23 @@ def _pair_id(id0: int, id1: int) -> int:
 
 
 def _inlier_counts(path: Path, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    """Verified inliers of each pair (two-view geometries of ``database.db``); 0 when not verified."""
+    """Verified inliers of each pair that went through geometric verification (its raw matches are in
+    ``database.db``): 0 when verification rejected it. Pairs not in the database are left out."""
     if not path.is_file():
         return {}
     con = open_database(path)
     try:
         ids = _image_ids(con)
+        checked = {int(pid) for (pid,) in con.execute("SELECT pair_id FROM matches")}
         rows = {int(pid): int(n) for pid, n in con.execute("SELECT pair_id, rows FROM two_view_geometries")}
     finally:
         con.close()
     out = {}
     for a, b in pairs:
         if a in ids and b in ids:
-            out[(a, b)] = rows.get(_pair_id(ids[a], ids[b]), 0)
+            pid = _pair_id(ids[a], ids[b])
+            if pid in checked or pid in rows:
+                out[(a, b)] = rows.get(pid, 0)
     return out
 
 
@@ -367,7 +375,7 @@ def list_pairs(output: Path, dataset: str, scene: str) -> list[PairInfo]:
         return []
     counts = _match_counts(sdir / "matches.h5", scene_image_names(output, dataset, scene))
     inliers = _inlier_counts(sdir / "database.db", list(counts))
-    out = [PairInfo(a, b, n, inliers.get((a, b), 0)) for (a, b), n in counts.items()]
+    out = [PairInfo(a, b, n, inliers.get((a, b), 0), (a, b) in inliers) for (a, b), n in counts.items()]
     out.sort(key=lambda p: (-p.num_matches, -p.num_inliers, p.name0, p.name1))
     return out
 
@@ -548,6 +556,34 @@ def load_model(output: Path, dataset: str, scene: str, k: int = 0) -> Model | No
     return Model(points=points, colors=colors, errors=errors, cameras=cameras)
 
 
+def model_from_poses(output: Path, dataset: str, scene: str) -> Model | None:
+    """Cameras only (no points), from the poses of ``scene.json``: for scenes whose poses come from a fallback
+    (e.g. a two-view geometry) without a ``sparse/`` model. The intrinsics are COLMAP's initial guess
+    (focal 1.2 max(W, H), centred principal point), from the image sizes of ``features.h5``."""
+    sdir = scene_dir(output, dataset, scene)
+    try:
+        poses = json.loads((sdir / "scene.json").read_text()).get("poses", {})
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not poses or not (sdir / "features.h5").is_file():
+        return None
+    feats = read_features_h5(
+        sdir / "features.h5", [n for n in sorted(poses) if n in set(scene_image_names(output, dataset, scene))]
+    )
+    cameras = []
+    for name, f in feats.items():
+        rot_values, t_values = poses[name]
+        rot = np.asarray(rot_values, np.float64).reshape(3, 3)
+        t = np.asarray(t_values, np.float64).reshape(3)
+        w, h = f.image_size
+        focal = 1.2 * max(w, h)
+        K = np.array([[focal, 0.0, w / 2.0], [0.0, focal, h / 2.0], [0.0, 0.0, 1.0]])
+        cameras.append(CameraView(name=name, centre=-rot.T @ t, rotation=rot, K=K, width=w, height=h))
+    if not cameras:
+        return None
+    return Model(points=np.zeros((0, 3)), colors=np.zeros((0, 3), np.uint8), errors=np.zeros(0), cameras=cameras)
+
+
 def inlier_point_mask(points: np.ndarray, quantile: float = 0.98, margin: float = 2.0) -> np.ndarray:
     """(N,) bool: points within ``margin`` times the ``quantile`` distance from the median (drops far outliers
     that would shrink the rest of the view to a dot)."""
@@ -559,17 +595,17 @@ def inlier_point_mask(points: np.ndarray, quantile: float = 0.98, margin: float 
 
 
 def scene_scale(model: Model) -> float:
-    """A length for drawing cameras: a tenth of the spread of camera centres (or of the points)."""
+    """A length for drawing cameras: a fifth of the median distance of camera centres (else points) to their median."""
     if len(model.cameras) >= 2:
         c = np.stack([cam.centre for cam in model.cameras])
         spread = float(np.median(np.linalg.norm(c - np.median(c, axis=0), axis=1)))
         if spread > 0:
-            return 0.15 * spread
+            return 0.2 * spread
     pts = model.points[inlier_point_mask(model.points)]
     if len(pts):
         spread = float(np.median(np.linalg.norm(pts - np.median(pts, axis=0), axis=1)))
         if spread > 0:
-            return 0.15 * spread
+            return 0.2 * spread
     return 1.0
 
 

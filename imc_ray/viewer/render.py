@@ -64,9 +64,15 @@ def _photo(report: dict[str, Any], dataset: str, scene: str, name: str, size: tu
 
 
 def pair_figure(
-    report: dict[str, Any], output: Path, dataset: str, scene: str, pair: data.PairInfo, title: str
+    report: dict[str, Any],
+    output: Path,
+    dataset: str,
+    scene: str,
+    pair: data.PairInfo,
+    title: str,
+    max_lines: int = 500,
 ) -> Figure:
-    """A figure of one pair: photos side by side, inlier lines green, rejected lines red."""
+    """A figure of one pair: photos side by side, inlier lines green, rejected lines red (at most ``max_lines``)."""
     pm = data.load_pair(output, dataset, scene, pair.name0, pair.name1)
     feats = {n: data.load_keypoints(output, dataset, scene, n) for n in (pair.name0, pair.name1)}
     p0 = _photo(report, dataset, scene, pair.name0, feats[pair.name0].image_size)
@@ -78,6 +84,12 @@ def pair_figure(
     ax = fig.add_axes((0.0, 0.0, 1.0, h / (h + 0.8 * dpi)))
     ax.imshow(canvas.image, extent=(0, w, h, 0), interpolation="antialiased")
     good, bad = match_lines(canvas, pm)
+    shown = ""
+    if len(good) + len(bad) > max_lines:  # an even sample keeps a dense pair readable
+        keep = max_lines / (len(good) + len(bad))
+        good = good[np.linspace(0, len(good) - 1, max(1, round(len(good) * keep))).astype(int)] if len(good) else good
+        bad = bad[np.linspace(0, len(bad) - 1, max(1, round(len(bad) * keep))).astype(int)] if len(bad) else bad
+        shown = f"; {len(good) + len(bad)} lines shown"
     lw = max(0.6, h / 900)
     if len(bad):
         ax.add_collection(LineCollection(list(bad), colors=[_rgb(REJECTED_RGB)], linewidths=lw, alpha=0.6))
@@ -88,11 +100,11 @@ def pair_figure(
     ax.set_axis_off()
     n = len(pm.matches)
     share = f" ({100.0 * pm.num_inliers / n:.0f}%)" if n else ""
+    counts = f"{n} matches, {pm.num_inliers} verified inliers{share}" if pair.checked else f"{n} matches, not verified"
     fig.text(
         0.01,
         1 - 0.35 / (h / dpi + 0.8),
-        f"{title}  {dataset}/{scene}:  {pair.name0}  -  {pair.name1}\n"
-        f"{n} matches, {pm.num_inliers} verified inliers{share}",
+        f"{title}  {dataset}/{scene}:  {pair.name0}  -  {pair.name1}\n{counts}{shown}",
         fontsize=11,
         va="center",
     )
@@ -142,6 +154,10 @@ def overview_figure(output: Path, summary: data.SceneSummary) -> Figure:
     directions), or a text panel saying why there is none."""
     dataset, scene = summary.dataset, summary.scene
     model = data.load_model(output, dataset, scene, 0) if data.list_models(output, dataset, scene) else None
+    source = "largest model (sparse/0)"
+    if model is None:
+        model = data.model_from_poses(output, dataset, scene)  # e.g. a two-view fallback: cameras only
+        source = "no sparse model: cameras posed by scene.json"
     fig = Figure(figsize=(12, 6.2), dpi=100)
     head = f"{dataset}/{scene}: {summary.num_registered} / {summary.num_images} images registered"
     if model is None or not model.cameras:
@@ -155,12 +171,12 @@ def overview_figure(output: Path, summary: data.SceneSummary) -> Figure:
     centres = np.stack([c.centre for c in model.cameras])
     looks = np.stack([c.rotation[2] for c in model.cameras])  # camera z axis in world coordinates
     arrow = data.scene_scale(model)
-    err = float(np.mean(model.errors)) if len(model.errors) else float("nan")
-    models = ", ".join(map(str, summary.model_sizes)) or "1"
-    fig.suptitle(
-        f"{head}; {len(model.points)} points, mean reprojection error {err:.2f} px; model sizes {models}",
-        fontsize=12,
-    )
+    detail = f"{source}, {len(model.points)} points"
+    if len(model.errors):
+        detail += f", mean reprojection error {float(np.mean(model.errors)):.2f} px"
+    if len(summary.model_sizes) > 1:
+        detail += "; model sizes " + ", ".join(map(str, summary.model_sizes))
+    fig.suptitle(f"{head}\n{detail}", fontsize=12)
     for i, (h_axis, v_axis, label) in enumerate(((a, b, "top-down"), (a, up, "side"))):
         ax = fig.add_subplot(1, 2, i + 1)
         if len(pts):
