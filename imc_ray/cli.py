@@ -1,4 +1,4 @@
-"""Command line: ``imc-ray run | evaluate | config | fetch-weights``.
+"""Command line: ``imc-ray run | evaluate | view | render | config | fetch-weights``.
 
 Exit codes: 0 success; 1 failure (nothing usable was produced, or bad input such as a missing
 folder); 2 usage error (unknown option or config key); 3 partial success (outputs were written but
@@ -52,7 +52,19 @@ def parser() -> argparse.ArgumentParser:
         help="IMC-2025 mode: split each scene folder (a pile of images) into clusters and outliers "
         "(same as --set mapping.clusters=true)",
     )
+    r.add_argument("--pictures", action="store_true", help="also write PNGs of matches and models (see render)")
     _add_config_args(r)
+
+    v = sub.add_parser("view", help="browse a run's output in a Streamlit app (pip install 'imc-ray[viewer]')")
+    v.add_argument("output", type=Path)
+    v.add_argument("--port", type=int, help="port to serve on (default: Streamlit's)")
+    v.add_argument("--address", help="address to serve on (default: Streamlit's)")
+    v.add_argument("--input", type=Path, help="the run's INPUT folder, if the photos moved since the run")
+
+    g = sub.add_parser("render", help="write PNGs of the best and worst matched pairs and each model")
+    g.add_argument("output", type=Path)
+    g.add_argument("--dest", type=Path, help="where to write (default: OUTPUT/pictures)")
+    g.add_argument("--top", type=int, default=3, help="best and worst pairs per scene (default: %(default)s)")
 
     e = sub.add_parser("evaluate", help="score a submission.csv against reference poses")
     e.add_argument("submission", type=Path)
@@ -78,6 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     rep = pipeline.run(args.input, args.output, cfg, address=args.address)
     print(summary_table(rep))
+    if args.pictures:
+        from imc_ray.viewer.render import render
+
+        print(f"pictures: {len(render(args.output))} PNGs in {Path(args.output).resolve() / 'pictures'}")
     print(f"results: {Path(args.output).resolve()} (submission.csv, run.json, <dataset>/<scene>/sparse/)")
     failed_scene = any(s.get("error") for s in rep["scenes"].values())
     if not any(s.get("num_registered", 0) for s in rep["scenes"].values()):
@@ -122,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "fetch-weights":
             return cmd_fetch_weights(args)
+        if args.command == "view":
+            from imc_ray.viewer import launch
+
+            return launch(args.output, port=args.port, address=args.address, input_root=args.input)
+        if args.command == "render":
+            from imc_ray.viewer.render import render
+
+            paths = render(args.output, args.dest, top=args.top)
+            print(f"{len(paths)} PNGs written to {args.dest or Path(args.output) / 'pictures'}")
+            return EXIT_OK
         print(json.dumps(_config(args).to_dict(), indent=1))
         return EXIT_OK
     except ConfigError as exc:

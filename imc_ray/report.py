@@ -32,7 +32,7 @@ def new_report(cfg: RunConfig, input_root: Path | str, output: Path | str) -> di
     return {
         "imc_ray_format": FORMAT_VERSION,
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "input": str(input_root),
+        "input": str(Path(input_root).resolve()),
         "output": str(output),
         "config": cfg.to_dict(),
         "versions": package_versions(),

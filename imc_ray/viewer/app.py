@@ -49,10 +49,10 @@ def input_override() -> Path | None:
 # ----------------------------------------------------------------------------- cached loaders
 
 
-def _stamp(output: str) -> float:
-    """``run.json``'s mtime: caches are refreshed when a run rewrites its output."""
+def _stamp(output: str, name: str = "run.json") -> float:
+    """The mtime of ``OUTPUT/name`` (0 when absent): caches are refreshed when the file changes."""
     try:
-        return (Path(output) / "run.json").stat().st_mtime
+        return (Path(output) / name).stat().st_mtime
     except OSError:
         return 0.0
 
@@ -112,7 +112,7 @@ def cached_photo(output: str, stamp: float, dataset: str, scene: str, name: str,
 def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneSummary], stamp: float) -> None:
     """Scenes with registered / total images and scores, stage timings, per-image errors."""
     st.header("Run overview")
-    evaluation = cached_evaluation(str(output), stamp)
+    evaluation = cached_evaluation(str(output), _stamp(str(output), data.EVALUATION_FILE))
     total = sum(s.num_images for s in scenes)
     reg = sum(s.num_registered for s in scenes)
     errors = data.image_errors(report)
@@ -223,10 +223,22 @@ def model_figure(model: data.Model, point_size: float, frusta: bool, max_points:
             )
         )
     fig = go.Figure(traces)
+    scene: dict[str, Any] = {"aspectmode": "data", "xaxis_title": "x", "yaxis_title": "y", "zaxis_title": "z"}
+    if model.cameras:  # look from the cameras' side, upright
+        up = data.up_direction(model)
+        centres = np.stack([cam.centre for cam in model.cameras])
+        target = np.median(pts, axis=0) if len(pts) else centres.mean(axis=0)
+        side = centres.mean(axis=0) - target
+        side = side / np.linalg.norm(side) if np.linalg.norm(side) > 1e-9 else up
+        eye = 2.2 * side + 0.9 * up
+        scene["camera"] = {
+            "up": dict(zip("xyz", map(float, up), strict=True)),
+            "eye": dict(zip("xyz", map(float, eye), strict=True)),
+        }
     fig.update_layout(
         height=650,
         margin={"l": 0, "r": 0, "t": 0, "b": 0},
-        scene={"aspectmode": "data", "xaxis_title": "x", "yaxis_title": "y", "zaxis_title": "z"},
+        scene=scene,
         legend={"x": 0.01, "y": 0.99},
     )
     return fig

@@ -609,6 +609,20 @@ def scene_scale(model: Model) -> float:
     return 1.0
 
 
+def up_direction(model: Model) -> np.ndarray:
+    """(3,) unit vector: the mean of the cameras' up directions (image y points down), else the points'
+    least-variance axis, else +z."""
+    if model.cameras:
+        up = -np.mean([c.rotation[1] for c in model.cameras], axis=0)
+        if np.linalg.norm(up) > 1e-6:
+            return np.asarray(up / np.linalg.norm(up), np.float64)
+    pts = model.points[inlier_point_mask(model.points)]
+    if len(pts) >= 3:
+        _, _, vt = np.linalg.svd(pts - pts.mean(axis=0), full_matrices=False)
+        return np.asarray(vt[-1], np.float64)
+    return np.array([0.0, 0.0, 1.0])
+
+
 def frustum_segments(model: Model, size: float | None = None) -> np.ndarray:
     """Camera frusta as line segments: (8 * cameras, 2, 3) world points (4 edges from the centre to the
     image corners at depth ``size`` and the 4 edges of the image rectangle)."""
@@ -659,9 +673,9 @@ def images_folder(report: dict[str, Any], dataset: str, scene: str, override: Pa
     root = input_root(report, override)
     if root is None:
         return None
-    direct = root / dataset / scene / "images"
+    direct = resolve_inside(root, dataset, scene, "images")  # a hostile scene name never leaves the input
     if direct.is_dir():
-        return direct.resolve()
+        return direct
     found = _input_scenes(str(root)).get((dataset, scene))
     return Path(found).resolve() if found else None
 

@@ -128,16 +128,7 @@ def _view_axes(model: data.Model, pts: np.ndarray) -> tuple[np.ndarray, np.ndarr
     axis; the horizontal axes are the principal axes of the points (or cameras) in the plane orthogonal to it.
     """
     stack = pts if len(pts) >= 3 else np.stack([c.centre for c in model.cameras]) if model.cameras else pts
-    if len(stack) >= 3:
-        _, _, vt = np.linalg.svd(stack - stack.mean(axis=0), full_matrices=False)
-        up = vt[-1]
-    else:
-        up = np.array([0.0, 0.0, 1.0])
-    if model.cameras:
-        cam_up = -np.mean([c.rotation[1] for c in model.cameras], axis=0)
-        if np.linalg.norm(cam_up) > 1e-6:
-            up = cam_up
-    up = up / np.linalg.norm(up)
+    up = data.up_direction(model)
     if len(stack) >= 2:
         flat = (stack - stack.mean(axis=0)) - np.outer((stack - stack.mean(axis=0)) @ up, up)
         _, _, vt = np.linalg.svd(flat, full_matrices=False)
