@@ -38,12 +38,13 @@ RAY = str(VENV_BIN / "ray")
 MARKER_VAR = "IMC_RAY_TEST_CLUSTER"
 
 # The whole slow test stays within TEST_BUDGET_S: the pipeline job gets what cluster start-up and the probe
-# job left, less STOP_RESERVE_S for stopping the cluster. (The fast preset on the 10-image sample takes
-# about 2 minutes on 2 idle cores.)
-TEST_BUDGET_S = 300
+# job left, less STOP_RESERVE_S for stopping the cluster. The fast preset on the 10-image sample takes about
+# 2 minutes on 2 idle cores; on a machine shared with other heavy work, raise the budget with
+# IMC_RAY_JOB_SUBMIT_BUDGET_S.
+TEST_BUDGET_S = float(os.environ.get("IMC_RAY_JOB_SUBMIT_BUDGET_S", "300"))
 START_TIMEOUT_S = 60
 PROBE_TIMEOUT_S = 60
-STOP_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 45
 STOP_RESERVE_S = 20
 
 # Unix socket paths (<temp-dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store) must stay under
@@ -125,6 +126,7 @@ class OwnCluster:
     temp_dir: Path
     env: dict[str, str]  # for CLI clients: the venv first on PATH, no RAY_ADDRESS / RAY_AUTH_MODE
     processes_seen: int = 0
+    stop_seconds: float = 0.0
     strays: list[str] = field(default_factory=list)
 
 
@@ -133,6 +135,8 @@ def _client_env() -> dict[str, str]:
     for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(var, None)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    for var in ("NO_PROXY", "no_proxy"):  # the job server is on loopback: never through an HTTP proxy
+        env[var] = ",".join(x for x in ("127.0.0.1", "localhost", env.get(var, "")) if x)
     return env
 
 
@@ -148,6 +152,9 @@ def own_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnClu
     marker = uuid.uuid4().hex
     env = _client_env()
     env.update({"RAY_AUTH_MODE": "disabled", "VIRTUAL_ENV": str(VENV_BIN.parent), MARKER_VAR: marker})
+    # On SIGTERM, Ray 2.60's `ray start --block` first drains the node for up to 30 s, waiting for every
+    # worker lease to be returned (Ray Data's long-lived actors keep one); a test cluster has nothing to drain.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     cmd = [
         RAY, "start", "--head", "--block", "--disable-usage-stats",
         f"--temp-dir={temp_dir}", "--num-cpus=2", "--object-store-memory=1000000000",
@@ -171,12 +178,13 @@ def own_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnClu
 
 
 def _wait_for_job_server(address: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"`ray start` exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(f"{address}/api/jobs/", timeout=5) as r:
+            with no_proxy.open(f"{address}/api/jobs/", timeout=5) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -189,6 +197,7 @@ def _stop(proc: subprocess.Popen[bytes], marker: str, temp_dir: str, cluster: Ow
     """SIGTERM the `ray start --block` we own (it stops its GCS, raylet, dashboard, ... and they their
     workers), then wait until every process seen for this cluster is gone. Leftovers are recorded in
     ``cluster.strays`` and killed: they are this cluster's (matched by pid and start time)."""
+    t0 = time.monotonic()
     seen = _cluster_processes(proc.pid, marker, temp_dir)
     cluster.processes_seen = len(seen)
     proc.send_signal(signal.SIGTERM)
@@ -205,6 +214,7 @@ def _stop(proc: subprocess.Popen[bytes], marker: str, temp_dir: str, cluster: Ow
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    cluster.stop_seconds = time.monotonic() - t0
     for pid, (_, cmdline) in alive.items():
         cluster.strays.append(f"{pid} {cmdline[:200]}")
         try:
@@ -227,7 +237,7 @@ def _submit(cluster: OwnCluster, working_dir: Path, entrypoint: list[str], timeo
         client_out = run.stdout + run.stderr
     except subprocess.TimeoutExpired as exc:
         partial = [o.decode(errors="replace") if isinstance(o, bytes) else (o or "") for o in (exc.stdout, exc.stderr)]
-        client_out = f"`ray job submit` timed out after {timeout} s\n" + "".join(partial)
+        client_out = f"`ray job submit` timed out after {timeout:.0f} s\n" + "".join(partial)
         _ray_cli(cluster, "job", "stop", "--address", cluster.address, job_id)
     state = str(JobSubmissionClient(cluster.address).get_job_status(job_id).value)
     logs_run = _ray_cli(cluster, "job", "logs", "--address", cluster.address, job_id)
@@ -247,16 +257,19 @@ def test_ray_job_submit_runs_the_pipeline(tmp_path: Path, tmp_path_factory: pyte
     out = tmp_path / "out"
 
     with own_ray_cluster(tmp_path_factory) as cluster:
+        print(f"[{time.monotonic() - t0:.0f} s] cluster up, job server at {cluster.address}")
         # The entrypoint's `python` is the venv's: the cluster was started with the venv first on PATH.
         probe = "import sys, imc_ray; print('EXECUTABLE=' + sys.executable)"
         state, logs = _submit(cluster, working_dir, ["python", "-c", probe], PROBE_TIMEOUT_S)
         assert state == "SUCCEEDED"
         assert f"EXECUTABLE={VENV_BIN / 'python'}" in logs
+        print(f"[{time.monotonic() - t0:.0f} s] probe job done")
 
         entrypoint = ["python", "-m", "imc_ray", "run", str(SAMPLE), str(out), "--preset", "fast"]
         job_timeout = TEST_BUDGET_S - STOP_RESERVE_S - (time.monotonic() - t0)
         state, logs = _submit(cluster, working_dir, entrypoint, job_timeout)
         assert state == "SUCCEEDED"
+        print(f"[{time.monotonic() - t0:.0f} s] pipeline job done")
 
     assert cluster.processes_seen >= 5  # gcs, raylet, dashboard, agents, ...: the scan did see the cluster
     assert cluster.strays == [], "processes of the test's Ray cluster outlived it"
@@ -272,4 +285,8 @@ def test_ray_job_submit_runs_the_pipeline(tmp_path: Path, tmp_path_factory: pyte
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["preset"] == "fast"
     assert run["scenes"]["nerf_synthetic/lego"]["num_registered"] >= 8
-    print(f"job submit test: {time.monotonic() - t0:.0f} s, {len(registered)}/10 registered")
+    print(
+        f"job submit test: {time.monotonic() - t0:.0f} s in all, pipeline {run['seconds_total']:.0f} s, "
+        f"{len(registered)}/10 registered; {cluster.processes_seen} cluster processes stopped in "
+        f"{cluster.stop_seconds:.1f} s"
+    )

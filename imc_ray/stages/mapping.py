@@ -183,6 +183,12 @@ def map_database(
     return models, attempts
 
 
+TWO_VIEW_MIN_INLIERS = 100
+"""The two-view fallback trusts a pair only with this many inliers: LightGlue finds spatially coherent
+false matches even between random-noise images (80 verified inliers seen), as many as COLMAP's mapper
+needs to start a model (``init_min_num_inliers`` = 100)."""
+
+
 def two_view_fallback(db_path: Path, seed: int) -> tuple[dict[str, tuple[list[float], list[float]]], str]:
     """Poses of the two images of the best verified pair, for scenes where the mappers build no model
     (COLMAP discards 2-image models). The first camera is the world frame; the baseline has length 1.
@@ -193,7 +199,7 @@ def two_view_fallback(db_path: Path, seed: int) -> tuple[dict[str, tuple[list[fl
         pair_ids, geometries = db.read_two_view_geometries()
         ranked = sorted(zip(pair_ids, geometries, strict=True), key=lambda pg: -len(pg[1].inlier_matches))
         for pair_id, geom in ranked:
-            if len(geom.inlier_matches) < 15:
+            if len(geom.inlier_matches) < TWO_VIEW_MIN_INLIERS:
                 break
             id1, id2 = pycolmap.pair_id_to_image_pair(pair_id)
             im1, im2 = db.read_image(id1), db.read_image(id2)
@@ -204,7 +210,7 @@ def two_view_fallback(db_path: Path, seed: int) -> tuple[dict[str, tuple[list[fl
             opts.ransac.random_seed = seed
             tvg = pycolmap.estimate_two_view_geometry(cam1, kp1, cam2, kp2, geom.inlier_matches, opts)
             pose = tvg.cam2_from_cam1
-            if pose is None or len(tvg.inlier_matches) < 15:
+            if pose is None or len(tvg.inlier_matches) < TWO_VIEW_MIN_INLIERS:
                 continue
             identity = (np.eye(3).ravel().tolist(), [0.0, 0.0, 0.0])
             second = (pose.rotation.matrix().ravel().tolist(), np.asarray(pose.translation).ravel().tolist())
