@@ -116,5 +116,10 @@ def sample_run(
     from imc_ray.distributed import pipeline
 
     out = tmp_path_factory.mktemp("sample_run")
-    rep = pipeline.run(sample_input, out, build_config("fast"))
+    rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG))
     return out, rep
+
+
+SAMPLE_CONFIG = ("fast", ["mapping.num_threads=1"])
+"""The settings of ``sample_run``: one mapping thread makes pycolmap bit-reproducible (with two threads,
+bundle adjustment is not), so reruns can be compared exactly."""

@@ -18,13 +18,17 @@ import pytest
 from imc_ray import evaluate
 from imc_ray.formats import FEATURE_SHARD_SCHEMA, MATCH_SHARD_SCHEMA, read_shards
 
+from .conftest import SAMPLE_CONFIG
+
 Run = tuple[Path, dict[str, Any]]
 
 pytestmark = pytest.mark.slow
 
 
 def _cli(input_root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", "fast"]
+    preset, overrides = SAMPLE_CONFIG
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", preset, *sets]
 
 
 def _env() -> dict[str, str]:
@@ -88,6 +92,6 @@ def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, samp
     assert set(resumed) == set(clean)
     registered = {n for n, p in resumed.items() if p is not None}
     assert registered == {n for n, p in clean.items() if p is not None}
-    truth = {n: p for n, p in clean.items() if p is not None}
-    auc = evaluate.pose_auc(truth, {n: resumed[n] for n in truth}, (1,))
-    assert next(iter(auc.values())) > 0.97  # same model up to multi-threaded bundle adjustment noise
+    for name in registered:  # identical inputs and one mapping thread: the same poses
+        np.testing.assert_allclose(resumed[name].R, clean[name].R, atol=1e-6)  # type: ignore[union-attr]
+        np.testing.assert_allclose(resumed[name].t, clean[name].t, atol=1e-6)  # type: ignore[union-attr]

@@ -13,7 +13,7 @@ import numpy as np
 from imc_ray.config import build_config, stage_keys
 from imc_ray.distributed import pipeline
 
-from .conftest import BAD_FILES, ODD_GOOD
+from .conftest import BAD_FILES, ODD_GOOD, SAMPLE_CONFIG
 
 Run = tuple[Path, dict[str, Any]]
 
@@ -39,7 +39,7 @@ def test_stage_keys_follow_dependencies() -> None:
 def test_rerun_reuses_everything(sample_run: Run, sample_input: Path) -> None:
     out, _first = sample_run
     before = _poses(out / "submission.csv")
-    rep = pipeline.run(sample_input, out, build_config("fast"))
+    rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG))
     n_good = 10 + 1 + len(ODD_GOOD) + 2 + 3  # lego, one-image scene, unusual images, pair, disjoint
     assert rep["stages"]["features"]["reused"] == n_good
     assert rep["stages"]["features"]["images"] == 1 + len(BAD_FILES)  # only unreadable files are tried again
@@ -52,7 +52,7 @@ def test_rerun_reuses_everything(sample_run: Run, sample_input: Path) -> None:
 
 def test_changed_matching_setting_recomputes_matches_only(sample_run: Run, sample_input: Path) -> None:
     out, _ = sample_run
-    cfg = build_config("fast", ["matching.filter_threshold=0.3"])
+    cfg = build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "matching.filter_threshold=0.3"])
     rep = pipeline.run(sample_input, out, cfg)
     assert rep["stages"]["features"]["reused"] == 10 + 1 + len(ODD_GOOD) + 2 + 3
     assert rep["stages"]["matching"]["reused"] == 0
