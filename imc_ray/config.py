@@ -81,6 +81,9 @@ class MatchingConfig:
     """Find images turned by 90/180/270 degrees and match them again upright (``stages/orientation.py``)."""
     rotation_min_matches: int = 30
     """An image whose best pair has fewer matches is checked for a turn."""
+    rotation_min_ratio: float = 0.7
+    """An image whose best pair has fewer than this share of the scene's median best-pair matches is
+    checked for a turn."""
     rotation_partners: int = 3
     """Images a suspect is matched against at each turn."""
 
@@ -120,7 +123,8 @@ class ComputeConfig:
     threads_per_actor: int = 1
     """torch intra-op threads in each model actor."""
     max_actors: int = 0
-    """Upper bound of each actor pool; 0: as many as the cluster's CPUs (or GPUs) allow."""
+    """Upper bound of each actor pool, also beyond the resources present at the start (autoscaling
+    clusters grow into it); 0: as many as the cluster's CPUs (or GPUs) allow at the start."""
     image_batch_size: int = 2
     pair_batch_size: int = 16
     mapping_cpus: int = 2
@@ -160,7 +164,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ec2": {
         "retrieval": {"allow_download": True},
         "features": {"resize": 1280, "max_keypoints": 4096},
-        "compute": {"device": "cuda", "image_batch_size": 8, "pair_batch_size": 64, "mapping_cpus": 4},
+        "compute": {
+            "device": "cuda",
+            "image_batch_size": 8,
+            "pair_batch_size": 64,
+            "mapping_cpus": 4,
+            "max_actors": 4,  # deploy/ray-cluster.yaml allows up to 4 one-GPU workers
+        },
     },
 }
 
@@ -230,7 +240,8 @@ def stage_keys(cfg: RunConfig) -> dict[str, str]:
     images = dataclasses.asdict(cfg.images)
     features = _digest(images, dataclasses.asdict(cfg.features))
     glob = _digest(images, cfg.features.resize, cfg.retrieval.model, cfg.retrieval.weights, cfg.retrieval.image_size)
-    matches = _digest(features, dataclasses.asdict(cfg.matching))
+    glue = {k: v for k, v in dataclasses.asdict(cfg.matching).items() if not k.startswith("rotation_")}
+    matches = _digest(features, glue)  # the orientation stage keys its own record (stages/orientation.py)
     return {
         "global": glob,
         "features": features,

@@ -57,7 +57,10 @@ def ray_cluster(address: str | None = None) -> Iterator[None]:
 
 
 def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
-    """Actor-pool arguments: one GPU per actor where the cluster has GPUs, else CPUs."""
+    """Actor-pool arguments: one GPU per actor where the cluster has GPUs, else CPUs.
+
+    ``compute.max_actors`` > 0 sets the pool's upper bound even beyond what the cluster has now, so an
+    autoscaling cluster grows into it; 0 sizes the pool to the resources present at the start."""
     c = cfg.compute
     use_gpu = c.device == "cuda" or (c.device == "auto" and gpus > 0)
     if use_gpu:
@@ -67,7 +70,7 @@ def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
         size = max(1, int(ray.cluster_resources().get("CPU", 1) / c.cpus_per_actor))
         res = {"num_cpus": c.cpus_per_actor}
     if c.max_actors > 0:
-        size = min(size, c.max_actors)
+        size = c.max_actors
     return {"compute": ActorPoolStrategy(min_size=1, max_size=size), **res}
 
 

@@ -2,11 +2,13 @@
 
 ALIKED and LightGlue are not rotation invariant: a photo stored sideways matches almost nothing.
 Rule (:func:`run`), per scene, after its pairs are matched:
-  1. suspects: images whose best pair has fewer than ``matching.rotation_min_matches`` matches;
+  1. suspects: images whose best pair has fewer than ``matching.rotation_min_matches`` matches, or
+     fewer than ``matching.rotation_min_ratio`` times the scene's median best-pair count (a photo
+     turned by 90 degrees can keep half its matches; one turned by 180 degrees keeps almost none);
      a scene without suspects costs only reading its match counts (no model is loaded);
   2. each suspect is extracted again turned by 90, 180 and 270 degrees and matched against its
      partners: the ``rotation_partners`` non-suspect images with the most matches in the scene;
-  3. the turn with the most matches wins if it has at least twice the matches of the upright image and
+  3. the turn with the most matches wins if it has at least 1.5 times the matches of the upright image and
      at least ``rotation_min_matches``; the suspect's features are replaced by those extracted on the
      turned image (keypoints mapped back to the original image's pixels, so poses need no change) and
      every pair of the suspect is matched again.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,6 +45,9 @@ from imc_ray.stages import catalog, features, matching
 logger = logging.getLogger(__name__)
 
 ROTATIONS = (90, 180, 270)
+ACCEPT_FACTOR = 1.5
+"""A turn is kept when it gives at least this many times the upright image's matches with the partners
+(turning an upright photo loses matches, so a gain is the sign of a turned one)."""
 
 
 def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
@@ -67,9 +73,10 @@ def unrotate_keypoints(keypoints: np.ndarray, degrees: int, original_wh: tuple[i
 
 
 def suspects_and_partners(
-    names: list[str], matches: dict[tuple[str, str], int], min_matches: int, num_partners: int
+    names: list[str], matches: dict[tuple[str, str], int], min_matches: int, num_partners: int, min_ratio: float = 0.0
 ) -> dict[str, list[str]]:
-    """Images whose best pair has fewer than ``min_matches`` matches, each with its partners.
+    """Images whose best pair has fewer than max(``min_matches``, ``min_ratio`` x the median over the
+    scene's images of their best pair) matches, each with its partners.
 
     matches: (name0, name1) -> number of matches.
     """
@@ -82,8 +89,9 @@ def suspects_and_partners(
                 best[x] = max(best[x], n)
                 total[x] += n
                 paired[x].add(y)
-    suspects = [n for n in names if best[n] < min_matches]
-    good = sorted((n for n in names if best[n] >= min_matches), key=lambda n: -total[n])
+    limit = max(float(min_matches), min_ratio * float(np.median(list(best.values()))) if best else 0.0)
+    suspects = [n for n in names if best[n] < limit]
+    good = sorted((n for n in names if best[n] >= limit), key=lambda n: -total[n])
     return {s: [p for p in good if p in paired[s]][:num_partners] for s in suspects if good}
 
 
@@ -93,17 +101,20 @@ def run(
     """Files in, files out for one scene (rule in the module docstring). Returns image -> degrees
     for the images that were turned (empty for most scenes)."""
     record = scene_dir / "orientation.json"
-    key = f"{keys['matches']}-{cfg.matching.rotation_min_matches}-{cfg.matching.rotation_partners}"
+    m = cfg.matching
+    key = f"{keys['matches']}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
             return {k: int(v) for k, v in saved["rotated"].items()}
+    for kind in ("features", "matches"):  # overrides of another orientation decision never survive
+        shutil.rmtree(shard_dir(scene_dir, kind, keys[kind]) / "rotated", ignore_errors=True)
     match_dir = shard_dir(scene_dir, "matches", keys["matches"])
     table = read_shards(match_dir, MATCH_SHARD_SCHEMA).select(["name0", "name1", "num_matches"]).to_pydict()
     counts = {(a, b): n for a, b, n in zip(table["name0"], table["name1"], table["num_matches"], strict=True)}
     feats = read_features_h5(scene_dir / "features.h5")
     plan = suspects_and_partners(
-        sorted(feats), counts, cfg.matching.rotation_min_matches, cfg.matching.rotation_partners
+        sorted(feats), counts, m.rotation_min_matches, m.rotation_partners, m.rotation_min_ratio
     )
     rotated: dict[str, int] = {}
     if plan:
@@ -147,7 +158,7 @@ def _fix(
             if n > best_n:
                 best_deg, best_n, best_f = deg, n, f
         summed_upright = sum(counts.get((min(suspect, p), max(suspect, p)), 0) for p in partners)
-        if best_f is not None and best_n >= max(2 * summed_upright, cfg.matching.rotation_min_matches):
+        if best_f is not None and best_n >= max(ACCEPT_FACTOR * summed_upright, cfg.matching.rotation_min_matches):
             rotated[suspect] = best_deg
             new_feats.append((suspect, best_f))
             feats[suspect] = best_f
