@@ -39,6 +39,7 @@ from common import (
     REPO_ROOT,
     TIMINGS_FILE,
     ResourceSampler,
+    busy_fraction,
     git_revision,
     machine_info,
     now_iso,
@@ -214,6 +215,8 @@ def read_report(run: PipelineRun) -> None:
                 "num_pairs": sc.get("num_pairs", 0),
                 "num_verified_pairs": sc.get("num_verified_pairs", 0),
                 "model_sizes": sc.get("model_sizes", []),
+                "attempts": sc.get("attempts", {}),
+                "note": sc.get("note", ""),
                 "num_registered": sc.get("num_registered", 0),
                 "error": sc.get("error"),
                 "seconds": {"mapping": sum(float(v) for v in secs.values()), **secs},
@@ -362,6 +365,8 @@ def ratios(runs: list[PipelineRun]) -> list[str]:
             f"({imc.images_per_second:.3f} vs {seq.images_per_second:.3f} images/s)",
             f"- feature stage seconds imc-ray / sequential: {_ratio(imc.stages['features'], seq.stages['features'])} "
             f"({imc.stages['features']:.1f} s vs {seq.stages['features']:.1f} s)",
+            f"- CPU seconds imc-ray / sequential: {_ratio(imc.cpu_seconds, seq.cpu_seconds)} "
+            f"({imc.cpu_seconds:.0f} vs {seq.cpu_seconds:.0f} CPU s; less sensitive than wall time to other load)",
             f"- peak memory imc-ray / sequential: {_ratio(imc.peak_mem_bytes, seq.peak_mem_bytes)} "
             f"({imc.peak_mem_bytes / 2**30:.2f} vs {seq.peak_mem_bytes / 2**30:.2f} GiB)",
         ]
@@ -411,6 +416,10 @@ def findings(runs: list[PipelineRun]) -> list[str]:
             info = imc.scenes.get(key, {})
             if info.get("error"):
                 notes.append(f"- imc-ray {key}: mapping error: {info['error']}")
+            if info.get("note"):
+                notes.append(f"- imc-ray {key}: {info['note']}")
+            if "relaxed" in info.get("attempts", {}):
+                notes.append(f"- imc-ray {key}: needed the relaxed mapping attempt (registered: {info['attempts']})")
             if sc["n_registered"] < sc["n_images"]:
                 notes.append(
                     f"- imc-ray {key}: only {sc['n_registered']}/{sc['n_images']} registered "
@@ -543,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.pause)
         pairs_from = out / "imc-ray" if "imc-ray" in args.only else None
         cmd = command_for(name, root, out / name, args.preset, args.overrides, pairs_from)
-        busy = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else 0.0
+        busy = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction()
         run = run_pipeline(name, cmd, out / name, out / f"{name}.log", busy)
         score(run, root)
         runs.append(run)

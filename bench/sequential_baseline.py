@@ -3,7 +3,7 @@
 For each scene, one image at a time: decode (``imc_ray.stages.catalog.load_image``, the decoding
 imc-ray uses), ALIKED; then LightGlue on one pair at a time; keep pairs with at least
 ``matching.min_matches`` matches; COLMAP database, geometric verification and incremental mapping
-(built with imc-ray's own ``build_database`` / ``verify`` / ``incremental``, so that the comparison with
+(built with imc-ray's own ``build_database`` / ``verify`` / ``map_database``, so that the comparison with
 imc-ray isolates the execution strategy); submission CSV.
 
 Models and settings are imc-ray's resolved config (``--preset`` and ``--set`` as in ``imc-ray run``):
@@ -173,9 +173,11 @@ def run(root: Path, out: Path, preset: str, overrides: list[str], pairs_from: Pa
         with st("verification"):
             verified = mapping.verify(db_path, cfg.mapping) if kept else 0
         with st("mapping"):
-            models = (
-                mapping.incremental(db_path, scene.image_dir, scene_out / "sparse", cfg.mapping) if verified else []
-            )
+            models, attempts = [], {}
+            if verified:  # imc-ray's mapping: incremental, and a relaxed second attempt if too few registered
+                models, attempts = mapping.map_database(
+                    db_path, scene.image_dir, scene_out / "sparse", cfg.mapping, len(feats)
+                )
             mapping.write_models(models, scene_out / "sparse")
         poses = mapping.poses_of(models[0]) if models else {}
         all_poses[(scene.dataset, scene.name)] = poses
@@ -196,6 +198,7 @@ def run(root: Path, out: Path, preset: str, overrides: list[str], pairs_from: Pa
             "num_pairs": kept,
             "num_verified_pairs": verified,
             "model_sizes": [m.num_reg_images() for m in models],
+            "attempts": attempts,
             "num_registered": len(poses),
             "seconds": st.seconds,
         }
