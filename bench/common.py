@@ -29,8 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 """Default benchmark input: ``<repo>/../shared/data`` (instant_ngp/fox and nerf_synthetic/lego)."""
 
-"""Packages whose versions are recorded with every result."""
-
 TIMINGS_FILE = "timings.json"
 """What each baseline writes into its output folder (imc-ray writes ``run.json`` instead)."""
 

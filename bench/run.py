@@ -131,6 +131,18 @@ class PipelineRun:
             "report": self.raw_report,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineRun:
+        """Inverse of :meth:`to_dict` (derived values are recomputed)."""
+        run = cls(name=data["name"], command=data["command"], out_dir=Path(data["out_dir"]), log=Path(data["log"]))
+        for key in (
+            "returncode", "error", "wall_seconds", "stages", "images", "pairs", "peak_mem_bytes", "cpu_seconds",
+            "other_cpu_seconds", "busy_before", "scenes", "evaluation",
+        ):  # fmt: skip
+            setattr(run, key, data[key])
+        run.raw_report = data.get("report", {})
+        return run
+
 
 # ------------------------------------------------------------------------------------------ running
 
@@ -208,6 +220,7 @@ def read_report(run: PipelineRun) -> None:
         for key, sc in rep["scenes"].items():
             secs = sc.get("seconds", {})
             pairs_txt = run.out_dir / key / "pairs.txt"
+            orientation = run.out_dir / key / "orientation.json"
             run.scenes[key] = {
                 "num_pairs_matched": len(pairs_txt.read_text().splitlines()) if pairs_txt.is_file() else 0,
                 "num_images": sc.get("num_images", 0),
@@ -217,6 +230,7 @@ def read_report(run: PipelineRun) -> None:
                 "model_sizes": sc.get("model_sizes", []),
                 "attempts": sc.get("attempts", {}),
                 "note": sc.get("note", ""),
+                "orientation": json.loads(orientation.read_text()) if orientation.is_file() else None,
                 "num_registered": sc.get("num_registered", 0),
                 "error": sc.get("error"),
                 "seconds": {"mapping": sum(float(v) for v in secs.values()), **secs},
@@ -418,6 +432,12 @@ def findings(runs: list[PipelineRun]) -> list[str]:
                 notes.append(f"- imc-ray {key}: mapping error: {info['error']}")
             if info.get("note"):
                 notes.append(f"- imc-ray {key}: {info['note']}")
+            orient = info.get("orientation") or {}
+            if orient.get("suspects"):
+                notes.append(
+                    f"- imc-ray {key}: orientation check re-ran {len(orient['suspects'])} suspect(s) "
+                    f"at 3 turns ({', '.join(orient['suspects'])}); turned: {orient.get('rotated') or 'none'}"
+                )
             if "relaxed" in info.get("attempts", {}):
                 notes.append(f"- imc-ray {key}: needed the relaxed mapping attempt (registered: {info['attempts']})")
             if sc["n_registered"] < sc["n_images"]:
@@ -536,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="before each run, wait up to this long for other processes to leave the CPU idle (default: %(default)s)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --out of an interrupted benchmark: keep the pipelines it finished (OUT/<name>.result.json)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -548,6 +573,13 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[PipelineRun] = []
     for i, name in enumerate(args.only):
+        saved = out / f"{name}.result.json"
+        if args.resume and saved.is_file():
+            run = PipelineRun.from_dict(json.loads(saved.read_text()))
+            if not run.error:
+                logger.info("%s: measured by an earlier, interrupted benchmark in %s; not run again", name, out)
+                runs.append(run)
+                continue
         if i:
             time.sleep(args.pause)
         pairs_from = out / "imc-ray" if "imc-ray" in args.only else None
@@ -555,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         busy = wait_for_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction()
         run = run_pipeline(name, cmd, out / name, out / f"{name}.log", busy)
         score(run, root)
+        write_json(saved, run.to_dict())  # what --resume reads back
         runs.append(run)
 
     section = markdown_section(runs, root, args.preset, args.overrides, out, argv, started)
