@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,15 @@ def test_stage_keys_follow_dependencies() -> None:
     assert speed == base
 
 
-def test_rerun_reuses_everything(sample_run: Run, sample_input: Path) -> None:
-    out, _first = sample_run
+def _copy_of(sample_run: Run, tmp_path: Path) -> Path:
+    """A private copy of the shared run's output: other tests (the viewer's) read the original."""
+    out = tmp_path / "out"
+    shutil.copytree(sample_run[0], out)
+    return out
+
+
+def test_rerun_reuses_everything(sample_run: Run, sample_input: Path, tmp_path: Path) -> None:
+    out = _copy_of(sample_run, tmp_path)
     before = _poses(out / "submission.csv")
     rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG))
     n_good = 10 + 1 + len(ODD_GOOD) + 2 + 3  # lego, one-image scene, unusual images, pair, disjoint
@@ -50,8 +58,8 @@ def test_rerun_reuses_everything(sample_run: Run, sample_input: Path) -> None:
     assert json.loads((out / "run.json").read_text())["stages"]["matching"]["reused"] == n_pairs
 
 
-def test_changed_matching_setting_recomputes_matches_only(sample_run: Run, sample_input: Path) -> None:
-    out, _ = sample_run
+def test_changed_matching_setting_recomputes_matches_only(sample_run: Run, sample_input: Path, tmp_path: Path) -> None:
+    out = _copy_of(sample_run, tmp_path)
     cfg = build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "matching.filter_threshold=0.3"])
     rep = pipeline.run(sample_input, out, cfg)
     assert rep["stages"]["features"]["reused"] == 10 + 1 + len(ODD_GOOD) + 2 + 3
