@@ -125,6 +125,10 @@ class ComputeConfig:
     max_actors: int = 0
     """Upper bound of each actor pool, also beyond the resources present at the start (autoscaling
     clusters grow into it); 0: as many as the cluster's CPUs (or GPUs) allow at the start."""
+    actor_resource: str = ""
+    """A custom Ray resource each model actor needs one unit of (a node label given with
+    ``ray start --resources='{"NAME": 1}'``); pins the model actors to the nodes that have it and sizes
+    the pools by its total. Empty: no custom resource."""
     image_batch_size: int = 2
     pair_batch_size: int = 16
     mapping_cpus: int = 2

@@ -120,6 +120,35 @@ def sample_run(
     return out, rep
 
 
+def read_poses(submission: Path, scene: tuple[str, str] | None = None) -> dict[tuple[str, str, str], Any]:
+    """``(dataset, scene, image) -> evaluate.Pose`` (None when unregistered) of a submission CSV,
+    optionally of one ``(dataset, scene)`` only."""
+    import csv
+
+    from imc_ray import evaluate
+
+    with open(submission) as f:
+        rows = list(csv.DictReader(f))
+    out: dict[tuple[str, str, str], Any] = {}
+    for r in rows:
+        if scene is not None and (r["dataset"], r["scene"]) != scene:
+            continue
+        R = np.array(r["rotation_matrix"].split(";"), float).reshape(3, 3)
+        t = np.array(r["translation_vector"].split(";"), float)
+        out[(r["dataset"], r["scene"], r["image"])] = evaluate.Pose(R, t) if np.isfinite(R).all() else None
+    return out
+
+
+def assert_same_poses(got: dict[tuple[str, str, str], Any], want: dict[tuple[str, str, str], Any]) -> None:
+    """Same images, same registered set, poses equal to 1e-6 (one mapping thread is bit-reproducible)."""
+    assert set(got) == set(want)
+    registered = {k for k, p in got.items() if p is not None}
+    assert registered == {k for k, p in want.items() if p is not None}
+    for k in registered:
+        np.testing.assert_allclose(got[k].R, want[k].R, atol=1e-6, err_msg=str(k))
+        np.testing.assert_allclose(got[k].t, want[k].t, atol=1e-6, err_msg=str(k))
+
+
 SAMPLE_CONFIG = ("fast", ["mapping.num_threads=1"])
 """The settings of ``sample_run``: one mapping thread makes pycolmap bit-reproducible (with two threads,
 bundle adjustment is not), so reruns can be compared exactly."""

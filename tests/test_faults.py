@@ -3,7 +3,6 @@ the outputs of an uninterrupted run and never trust a half-written file."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -12,13 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from imc_ray import evaluate
 from imc_ray.formats import FEATURE_SHARD_SCHEMA, MATCH_SHARD_SCHEMA, read_shards
 
-from .conftest import SAMPLE_CONFIG
+from .conftest import SAMPLE_CONFIG, assert_same_poses, read_poses
 
 Run = tuple[Path, dict[str, Any]]
 
@@ -57,17 +54,6 @@ def _kill_when(cmd: list[str], ready: Any, timeout: float = 420.0) -> None:
         proc.wait()
 
 
-def _poses(path: Path) -> dict[str, evaluate.Pose | None]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    out: dict[str, evaluate.Pose | None] = {}
-    for r in rows:
-        R = np.array(r["rotation_matrix"].split(";"), float).reshape(3, 3)
-        t = np.array(r["translation_vector"].split(";"), float)
-        out[r["image"]] = evaluate.Pose(R, t) if np.isfinite(R).all() else None
-    return out
-
-
 @pytest.mark.parametrize(
     ("point", "glob"),
     [
@@ -78,7 +64,7 @@ def _poses(path: Path) -> dict[str, evaluate.Pose | None]:
 )
 def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, sample_run: Run, tmp_path: Path) -> None:
     clean_out, _ = sample_run
-    clean = _poses(clean_out / "submission.csv")
+    clean = read_poses(clean_out / "submission.csv")
     out = tmp_path / "out"
     _kill_when(_cli(sample_input, out), lambda: any(out.glob(glob)))
     assert not (out / "submission.csv").exists()
@@ -88,10 +74,4 @@ def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, samp
         read_shards(shards, schema)
     done = subprocess.run(_cli(sample_input, out), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 3, done.stderr[-3000:]  # partial: the broken image in the sample input
-    resumed = _poses(out / "submission.csv")
-    assert set(resumed) == set(clean)
-    registered = {n for n, p in resumed.items() if p is not None}
-    assert registered == {n for n, p in clean.items() if p is not None}
-    for name in registered:  # identical inputs and one mapping thread: the same poses
-        np.testing.assert_allclose(resumed[name].R, clean[name].R, atol=1e-6)  # type: ignore[union-attr]
-        np.testing.assert_allclose(resumed[name].t, clean[name].t, atol=1e-6)  # type: ignore[union-attr]
+    assert_same_poses(read_poses(out / "submission.csv"), clean)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import ray
 import torch
 
 from imc_ray.config import ComputeConfig, RunConfig
@@ -85,7 +86,7 @@ class GlobalDescriptorActor:
 
 class FeatureActor:
     """ALIKED (stage 4) on a batch; writes one feature shard per scene in the batch and returns
-    only small metadata rows (no pixels, no features) to the driver."""
+    only small metadata rows (no pixels, no features, plus the Ray node that did the work) to the driver."""
 
     def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
         self.cfg = cfg
@@ -93,6 +94,7 @@ class FeatureActor:
         self.key = key
         self.device = select_device(cfg.compute)
         self.model = features.load_aliked(cfg.features, self.device)
+        self.node = ray.get_runtime_context().get_node_id()
 
     def _extract(self, batch: Batch, i: int) -> Features:
         size = (int(batch["width"][i]), int(batch["height"][i]))
@@ -122,6 +124,7 @@ class FeatureActor:
             "name": batch["name"],
             "num_keypoints": num_kp,
             "error": np.asarray(errors, dtype=object),
+            "node": np.full(n, self.node, dtype=object),
         }
 
 
@@ -137,6 +140,7 @@ class MatcherActor:
         self.device = select_device(cfg.compute)
         self.model = matching.load_lightglue(cfg.matching, self.device)
         self.cache = matching.FeatureCache()
+        self.node = ray.get_runtime_context().get_node_id()
 
     def _match(self, h5: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
         return matching.match_pair(self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device)
@@ -167,4 +171,5 @@ class MatcherActor:
             "name1": batch["name1"],
             "num_matches": num_matches,
             "error": np.asarray(errors, dtype=object),
+            "node": np.full(n, self.node, dtype=object),
         }

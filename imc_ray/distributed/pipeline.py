@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import os
+import resource
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -69,9 +70,26 @@ def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
     else:
         size = max(1, int(ray.cluster_resources().get("CPU", 1) / c.cpus_per_actor))
         res = {"num_cpus": c.cpus_per_actor}
+    if c.actor_resource:
+        units = int(ray.cluster_resources().get(c.actor_resource, 0))
+        if units == 0:
+            logger.warning("no node has the resource compute.actor_resource=%r yet; waiting for one", c.actor_resource)
+        size = max(1, min(size, units))
+        res["resources"] = {c.actor_resource: 1}
     if c.max_actors > 0:
         size = c.max_actors
     return {"compute": ActorPoolStrategy(min_size=1, max_size=size), **res}
+
+
+def _node_names() -> dict[str, str]:
+    """Ray node id -> ``"<ip>/<first 8 hex digits of the id>"`` for the run report."""
+    return {n["NodeID"]: f"{n['NodeManagerAddress']}/{n['NodeID'][:8]}" for n in ray.nodes()}
+
+
+def _per_node(counts: Counter[str]) -> dict[str, int]:
+    """Items per node, keyed by :func:`_node_names` (a node that has left the cluster keeps its id)."""
+    names = _node_names()
+    return {names.get(node, node[:8]): n for node, n in sorted(counts.items())}
 
 
 def _dinov2_available(cfg: RunConfig) -> str | None:
@@ -128,6 +146,8 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
         entry.update({k: v for k, v in asdict(r).items() if k != "poses"})
         entry["num_registered"] = r.num_registered
     rep["seconds_total"] = time.perf_counter() - t_start
+    # the driver holds metadata only (paths, names, counts): this stays flat as the dataset grows
+    rep["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report.write_report(output / "run.json", rep)
     return rep
 
@@ -170,9 +190,10 @@ def _features_and_pairs(
         if remaining[(s.dataset, s.name)] == 0:
             submit((s.dataset, s.name))
     n_kp = 0
+    per_node: Counter[str] = Counter()
     if items:
         batch_size = cfg.compute.image_batch_size
-        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
         ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=batch_size, num_cpus=0.5)
         pool = _pool(cfg, gpus)
         if use_dinov2:
@@ -192,6 +213,7 @@ def _features_and_pairs(
                         )
                         logger.warning("skipped: %s", err)
                     n_kp += int(batch["num_keypoints"][i])
+                    per_node[str(batch["node"][i])] += 1
                     remaining[key] -= 1
                     if remaining[key] == 0:
                         submit(key)
@@ -201,6 +223,7 @@ def _features_and_pairs(
         "images": len(items),
         "reused": reused,
         "keypoints": n_kp,
+        "images_per_node": _per_node(per_node),
     }
     t1 = time.perf_counter()
     scene_pairs, methods = {}, {}
@@ -255,9 +278,10 @@ def _match_and_map(
         if remaining[key] == 0:
             submit(key)
     n_matches = 0
+    per_node: Counter[str] = Counter()
     if rows:
         batch_size = cfg.compute.pair_batch_size
-        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch_size))
+        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // batch_size))
         args = {"cfg": cfg, "output": str(output), "key": keys["matches"]}
         ds = ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=batch_size, **_pool(cfg, gpus))
         with tqdm(total=len(rows) + reused, initial=reused, desc="matching", unit="pair") as bar:
@@ -267,6 +291,7 @@ def _match_and_map(
                     key = (str(batch["dataset"][i]), str(batch["scene"][i]))
                     finished[key] += 1
                     n_matches += int(batch["num_matches"][i])
+                    per_node[str(batch["node"][i])] += 1
                     if batch["error"][i]:
                         rep["errors"].append(
                             {
@@ -287,6 +312,7 @@ def _match_and_map(
         "pairs": len(rows),
         "reused": reused,
         "matches": n_matches,
+        "pairs_per_node": _per_node(per_node),
     }
     t1 = time.perf_counter()
     results: list[mapping.SceneResult] = []

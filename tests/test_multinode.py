@@ -1,0 +1,118 @@
+"""Several nodes: a head and two worker nodes of ``ray.cluster_utils.Cluster`` (real raylets on this
+machine). The model actors need a custom GPU-like resource that only the workers have, as GPU nodes of
+an EC2 cluster do. Work must land on both workers, a worker killed mid-run must not stop the run, and
+the outputs must equal those of the single-node run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import SAMPLE_CONFIG, assert_same_poses, read_poses
+
+pytestmark = pytest.mark.slow
+
+RESOURCE = "gpu_like"
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[Any]:
+    """Head (2 CPUs, no ``gpu_like``) plus two worker nodes (1 CPU and 1 ``gpu_like`` each)."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        c.workers = [c.add_node(num_cpus=1, resources={RESOURCE: 1}) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.fixture()
+def lego_input(sample_input: Path, tmp_path: Path) -> Path:
+    """The lego scene of ``sample_input`` alone (its 10 views and the broken file)."""
+    root = tmp_path / "input"
+    shutil.copytree(sample_input / "nerf_synthetic" / "lego", root / "nerf_synthetic" / "lego")
+    return root
+
+
+def _cmd(input_root: Path, out: Path) -> list[str]:
+    preset, overrides = SAMPLE_CONFIG
+    # small pair batches: the 45 pairs of the scene make enough batches to keep both matchers busy
+    sets = [*overrides, f"compute.actor_resource={RESOURCE}", "compute.pair_batch_size=4"]
+    args = [arg for o in sets for arg in ("--set", o)]
+    return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", preset, *args]
+
+
+def _env(cluster: Any) -> dict[str, str]:
+    return {**os.environ, "RAY_ADDRESS": cluster.address}
+
+
+def _worker_ids(cluster: Any) -> set[str]:
+    return {w.node_id for w in cluster.workers}
+
+
+LEGO = ("nerf_synthetic", "lego")
+
+
+def _check_same_as_single_node(out: Path, sample_run: tuple[Path, dict[str, Any]]) -> None:
+    clean = read_poses(sample_run[0] / "submission.csv", LEGO)
+    assert sum(p is not None for p in clean.values()) >= 8
+    assert_same_poses(read_poses(out / "submission.csv"), clean)
+
+
+def _node_ids(per_node: dict[str, int]) -> dict[str, int]:
+    """``"ip/abcd1234": n`` -> ``{"abcd1234": n}``."""
+    return {key.rsplit("/", 1)[-1]: n for key, n in per_node.items()}
+
+
+def test_work_lands_on_both_workers(
+    cluster: Any, lego_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(_cmd(lego_input, out), env=_env(cluster), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 3, done.stderr[-3000:]  # partial: broken.jpg
+    rep = json.loads((out / "run.json").read_text())
+    workers = {w[:8] for w in _worker_ids(cluster)}
+    images = _node_ids(rep["stages"]["features"]["images_per_node"])
+    pairs = _node_ids(rep["stages"]["matching"]["pairs_per_node"])
+    assert set(images) == workers, images  # both workers extracted, the head (no gpu_like) did not
+    assert set(pairs) == workers, pairs
+    assert sum(images.values()) == 11  # 10 views and broken.jpg (its error row passes through an actor)
+    assert sum(pairs.values()) == rep["stages"]["matching"]["pairs"] == 45
+    _check_same_as_single_node(out, sample_run)
+
+
+def test_worker_node_killed_mid_run(
+    cluster: Any, lego_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        _cmd(lego_input, out), env=_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not any(out.glob("nerf_synthetic/lego/shards/matches-*/*.parquet")):
+            assert proc.poll() is None, "the run ended before matching"
+            assert time.monotonic() < deadline, "matching never started"
+            time.sleep(0.2)
+        victim = cluster.workers[0]
+        cluster.remove_node(victim, allow_graceful=False)  # SIGKILL the raylet and its workers
+        _, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, stderr[-3000:]
+    rep = json.loads((out / "run.json").read_text())
+    assert not [e for e in rep["errors"] if "pair" in e], rep["errors"]  # no pair was lost with the node
+    _check_same_as_single_node(out, sample_run)
