@@ -175,7 +175,7 @@ def run(root: Path, out: Path, preset: str, overrides: list[str], pairs_from: Pa
         with st("mapping"):
             models, attempts = [], {}
             if verified:  # imc-ray's mapping: incremental, and a relaxed second attempt if too few registered
-                models, attempts = mapping.map_database(
+                models, attempts, _ = mapping.map_database(
                     db_path, scene.image_dir, scene_out / "sparse", cfg.mapping, len(feats)
                 )
             mapping.write_models(models, scene_out / "sparse")

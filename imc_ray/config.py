@@ -99,6 +99,10 @@ class MappingConfig:
     min_num_inliers: int = 15
     """Verified pairs with fewer inliers are not used by the mapper."""
     max_num_models: int = 50
+    refine_principal_point: Literal["auto", "always", "never"] = "auto"
+    """A final bundle adjustment refining each camera's principal point (COLMAP's mapper keeps it at the
+    image centre). auto: only for cameras shared by >= 10 registered images, and kept only when it stays
+    within 2% of the image size from the centre (``stages/mapping.py: refine_principal_point``)."""
     retry_below: float = 0.9
     """Map again with relaxed initialisation when the largest model registers fewer than this share
     of the scene's readable images (0 disables); the attempt that registers more is kept."""

@@ -77,13 +77,39 @@ def test_split_scene_keeps_every_model_and_records_attempts(tmp_path: Path) -> N
         assert merged.num_images() == 12
     (tmp_path / "images").mkdir()
     cfg = MappingConfig(num_threads=1)
-    models, attempts = mapping.map_database(tmp_path / "merged.db", tmp_path / "images", tmp_path / "sparse", cfg, 12)
+    models, attempts, pp = mapping.map_database(
+        tmp_path / "merged.db", tmp_path / "images", tmp_path / "sparse", cfg, 12
+    )
+    assert pp.startswith("kept at the image centre: a camera has fewer than 10")
     assert [m.num_reg_images() for m in models] == [6, 6]
     assert attempts == {"default": 6, "relaxed": 6}  # 6 < 0.9 * 12: a second, relaxed attempt was made
     mapping.write_models(models, tmp_path / "sparse")
     assert sorted(p.name for p in (tmp_path / "sparse").iterdir()) == ["0", "1"]
     assert pycolmap.Reconstruction(str(tmp_path / "sparse" / "1")).num_reg_images() == 6
-    _, attempts = mapping.map_database(
+    _, attempts, _ = mapping.map_database(
         tmp_path / "merged.db", tmp_path / "images", tmp_path / "sparse2", MappingConfig(retry_below=0), 12
     )
     assert attempts == {"default": 6}
+
+
+def test_principal_point_refined_when_a_shared_camera_constrains_it(tmp_path: Path) -> None:
+    """12 views of one camera whose principal point is 1% off the centre: the mapper starts at the centre,
+    the final bundle adjustment finds the true one; ``never`` leaves it at the centre."""
+    opts = pycolmap.SyntheticDatasetOptions()
+    opts.num_rigs, opts.num_cameras_per_rig, opts.num_frames_per_rig, opts.num_points3D = 1, 1, 12, 400
+    opts.camera_params = [1280.0, 512.0 + 10.0, 384.0 - 7.0, 0.0]
+    pycolmap.set_random_seed(3)
+    db_path = tmp_path / "database.db"
+    with pycolmap.Database.open(str(db_path)) as db:
+        pycolmap.synthesize_dataset(opts, db)
+        cam = db.read_camera(1)
+        cam.params = [1.2 * 1024, 512.0, 384.0, 0.0]  # COLMAP's starting guess: centred, focal unknown
+        db.update_camera(cam)
+    (tmp_path / "images").mkdir()
+    for mode, want in (("auto", (522.0, 377.0)), ("never", (512.0, 384.0))):
+        cfg = MappingConfig(num_threads=1, refine_principal_point=mode)  # type: ignore[arg-type]
+        models, _, note = mapping.map_database(db_path, tmp_path / "images", tmp_path / mode, cfg, 12)
+        cam = models[0].cameras[1]
+        assert models[0].num_reg_images() == 12
+        np.testing.assert_allclose((cam.principal_point_x, cam.principal_point_y), want, atol=0.5)
+        assert note.startswith("refined" if mode == "auto" else "kept at the image centre"), note

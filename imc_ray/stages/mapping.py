@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class SceneResult:
     """Images found turned and matched again upright (image -> degrees, see ``stages/orientation``)."""
     attempts: dict[str, int] = field(default_factory=dict)
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
+    principal_point: str = ""
+    """What the principal-point refinement did to the largest model (see :func:`refine_principal_point`)."""
     error: str | None = None
     note: str = ""
     """Why a scene has no model, or that a fallback made its poses."""
@@ -167,12 +170,51 @@ def incremental(
     return sorted(recs.values(), key=lambda r: r.num_reg_images(), reverse=True)
 
 
+PP_MIN_IMAGES = 10
+"""``refine_principal_point=auto`` needs every camera of a model to be shared by this many registered images."""
+PP_MAX_SHIFT = 0.02
+"""``auto`` keeps a refined principal point only within this share of the image's long side from the centre.
+Real cameras' principal points lie within about 1% of the centre; a larger move means bundle adjustment used
+it to absorb something else (weak geometry: seen on 10 object-centred renders, whose true centre moved 4%)."""
+
+
+def refine_principal_point(
+    rec: pycolmap.Reconstruction, mode: str, num_threads: int
+) -> tuple[pycolmap.Reconstruction, str]:
+    """A final bundle adjustment that also refines each camera's principal point (COLMAP keeps it at the
+    image centre). The mapper's model stays as it is for ``never``, for ``auto`` when a camera is shared by
+    fewer than :data:`PP_MIN_IMAGES` registered images or a principal point moves more than
+    :data:`PP_MAX_SHIFT` of the long side; ``always`` keeps the refined model in any case.
+
+    Returns the model to keep and a note for the scene report.
+    """
+    if mode == "never":
+        return rec, "kept at the image centre (mapping.refine_principal_point=never)"
+    per_camera = Counter(im.camera_id for im in rec.images.values() if im.has_pose)
+    if mode == "auto" and min(per_camera.values(), default=0) < PP_MIN_IMAGES:
+        return rec, f"kept at the image centre: a camera has fewer than {PP_MIN_IMAGES} registered images"
+    refined = pycolmap.Reconstruction(rec)
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_principal_point = True
+    opts.ceres.solver_options.num_threads = num_threads
+    pycolmap.bundle_adjustment(refined, opts)
+    shift = max(
+        max(abs(c.principal_point_x - c.width / 2), abs(c.principal_point_y - c.height / 2)) / max(c.width, c.height)
+        for c in refined.cameras.values()
+    )
+    if mode == "auto" and shift > PP_MAX_SHIFT:
+        return rec, f"kept at the image centre: refining moved it {100 * shift:.1f}% of the image (weak geometry)"
+    return refined, f"refined (moved {100 * shift:.1f}% of the image from the centre)"
+
+
 def map_database(
     db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, num_images: int
-) -> tuple[list[pycolmap.Reconstruction], dict[str, int]]:
-    """Incremental mapping, and a relaxed second attempt when the largest model registers fewer than
-    ``cfg.retry_below * num_images`` images. Returns the models of the better attempt (largest first)
-    and the images registered in the largest model of each attempt."""
+) -> tuple[list[pycolmap.Reconstruction], dict[str, int], str]:
+    """Incremental mapping, a relaxed second attempt when the largest model registers fewer than
+    ``cfg.retry_below * num_images`` images, then the principal-point refinement of every model.
+
+    Returns the models of the better attempt (largest first), the images registered in the largest model
+    of each attempt, and what the refinement did to the largest model."""
     models = incremental(db_path, image_dir, out_dir, cfg)
     attempts = {"default": models[0].num_reg_images() if models else 0}
     if cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
@@ -180,7 +222,11 @@ def map_database(
         attempts["relaxed"] = again[0].num_reg_images() if again else 0
         if attempts["relaxed"] > attempts["default"]:
             models = again
-    return models, attempts
+    notes = []
+    for k, rec in enumerate(models):
+        models[k], note = refine_principal_point(rec, cfg.refine_principal_point, cfg.num_threads)
+        notes.append(note)
+    return models, attempts, notes[0] if notes else ""
 
 
 TWO_VIEW_MIN_INLIERS = 100
@@ -290,7 +336,7 @@ def run(
         t2 = time.perf_counter()
         models: list[pycolmap.Reconstruction] = []
         if result.num_verified_pairs:
-            models, result.attempts = map_database(
+            models, result.attempts, result.principal_point = map_database(
                 scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg, len(features)
             )
         write_models(models, scene_dir / "sparse")
