@@ -23,6 +23,9 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
   * ``descriptors`` float32 (D, N) (hloc stores descriptors transposed);
   * ``scores``      float32 (N,);
   * ``image_size``  int32 (2,): width, height of the decoded (EXIF-rotated) image.
+  An image the orientation stage set upright (``orientation.json``, ``run.json`` → ``scenes.*.rotated``:
+  image -> degrees counter-clockwise) has its keypoints and ``image_size`` in the upright image's pixels,
+  and is upright in ``database.db`` and ``sparse/`` too; ``submission.csv`` gives the stored photo's pose.
 
 ``global.h5``, group ``/<image name>``: ``global_descriptor`` float32 (D,), L2-normalised.
 

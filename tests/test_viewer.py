@@ -332,3 +332,23 @@ def test_render_and_loaders_do_not_import_streamlit() -> None:
         "bad = [m for m in ('streamlit', 'plotly') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_photo_of_a_turned_image_is_shown_upright(tmp_path: Path) -> None:
+    """The orientation stage set a photo upright (``scenes.*.rotated``): the viewer shows it as the run
+    used it, so its keypoints (in the upright image's pixels) fall on the right places."""
+    images = tmp_path / "in" / "ds" / "sc" / "images"
+    images.mkdir(parents=True)
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[0, 0] = (255, 0, 0)  # top-left of the stored photo
+    Image.fromarray(stored).save(images / "a.png")
+    report: dict[str, Any] = {
+        "input": str(tmp_path / "in"),
+        "config": {},
+        "scenes": {"ds/sc": {"rotated": {"a.png": 90}}},
+    }
+    photo = data.load_photo(report, "ds", "sc", "a.png")
+    assert photo.shape == (60, 40, 3)  # turned 90 degrees counter-clockwise: top-left goes to bottom-left
+    assert tuple(photo[59, 0]) == (255, 0, 0)
+    report["scenes"]["ds/sc"]["rotated"] = {}
+    assert data.load_photo(report, "ds", "sc", "a.png").shape == (40, 60, 3)

@@ -287,6 +287,26 @@ def poses_of(rec: pycolmap.Reconstruction) -> dict[str, tuple[list[float], list[
     return out
 
 
+def stored_pose(pose: tuple[list[float], list[float]], turn: int) -> tuple[list[float], list[float]]:
+    """World-to-camera pose of a photo as stored, from the pose of its upright version.
+
+    The orientation stage set the photo upright by turning it ``turn`` degrees counter-clockwise
+    (``orientation.rotate_image``); the stored photo is that upright image turned back by ``-turn``. With
+    the principal point at the centre, turning the pixels by ``s`` degrees counter-clockwise turns the
+    camera about its optical axis: ``R_stored = Rz^k R``, ``t_stored = Rz^k t`` with ``k = s / 90`` and
+    ``Rz = [[0, 1, 0], [-1, 0, 0], [0, 0, 1]]``.
+
+    pose: (R row-major (9,), t (3,)).
+    """
+    k = ((360 - turn) % 360) // 90
+    if k == 0:
+        return pose
+    rz = np.linalg.matrix_power(np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), k)
+    R = rz @ np.asarray(pose[0], np.float64).reshape(3, 3)
+    t = rz @ np.asarray(pose[1], np.float64)
+    return R.ravel().tolist(), t.tolist()
+
+
 def inputs_digest(features: dict[str, Features], matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> str:
     """Digest of which images and pairs a model was built from (with the stage key: when to reuse it)."""
     h = hashlib.sha1()
@@ -312,7 +332,8 @@ def run(
     ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
 
     A finished scene whose ``scene.json`` carries the same key (settings and inputs) is reused as is.
-    rotated: images the orientation stage turned (image -> degrees), recorded in the result.
+    rotated: images the orientation stage set upright (image -> degrees); their features and model hold the
+    upright image, and their poses in the result are turned back to the photo as stored.
     """
     if not logger.isEnabledFor(logging.DEBUG):
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
@@ -358,6 +379,7 @@ def run(
             result.poses, result.note = two_view_fallback(scene_dir / "database.db", cfg.seed)
         else:
             result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
+        result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
         if result.note:
             logger.warning("scene %s/%s: %s", dataset, scene, result.note)
     except Exception as exc:

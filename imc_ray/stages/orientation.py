@@ -4,14 +4,19 @@ ALIKED and LightGlue are not rotation invariant: a photo stored sideways matches
 Rule (:func:`run`), per scene, after its pairs are matched:
   1. suspects: images whose best pair has fewer than ``matching.rotation_min_matches`` matches, or
      fewer than ``matching.rotation_min_ratio`` times the scene's median best-pair count (a photo
-     turned by 90 degrees can keep half its matches; one turned by 180 degrees keeps almost none);
-     a scene without suspects costs only reading its match counts (no model is loaded);
-  2. each suspect is extracted again turned by 90, 180 and 270 degrees and matched against its
-     partners: the ``rotation_partners`` non-suspect images with the most matches in the scene;
-  3. the turn with the most matches wins if it has at least 1.5 times the matches of the upright image and
-     at least ``rotation_min_matches``; the suspect's features are replaced by those extracted on the
-     turned image (keypoints mapped back to the original image's pixels, so poses need no change) and
-     every pair of the suspect is matched again.
+     turned by 180 degrees keeps almost no matches), and images whose matches say they are rolled by about
+     90, 180 or 270 degrees against most of their partners (:func:`relative_roll`, :func:`roll_suspects`:
+     a photo turned by 90 degrees keeps about half its matches, and those show the turn);
+     a scene without suspects costs only reading its matches (no model is loaded);
+  2. each suspect is extracted again turned by 90, 180 and 270 degrees (a rolled one: by the turn its
+     matches show only) and matched against its partners: the ``rotation_partners`` non-suspect images
+     with the most matches in the scene;
+  3. the turn with the most matches wins if it has at least 1.5 times (rolled: 1.1 times) the matches of
+     the upright image and at least ``rotation_min_matches``; the suspect's features are replaced by
+     those of the image set upright (keypoints and ``image_size`` in the upright image's pixels, so it
+     shares the camera of upright photos of its size) and every pair of the suspect is matched again.
+     The COLMAP model holds the upright image too; the mapping stage turns its pose back to the photo
+     as stored for the submission (:func:`mapping.stored_pose`).
 Replacements are written as override shards in ``shards/<kind>-<key>/rotated/`` (read after the
 regular shards, see :func:`formats.read_shards_with_overrides`), and ``orientation.json`` records the
 decision; a rerun with the same key reuses it.
@@ -34,6 +39,7 @@ from imc_ray.formats import (
     Features,
     feature_rows,
     match_rows,
+    matches_from_table,
     read_features_h5,
     read_shards,
     shard_dir,
@@ -44,10 +50,16 @@ from imc_ray.stages import catalog, features, matching
 
 logger = logging.getLogger(__name__)
 
+RULE_VERSION = "v2"
+"""Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
+v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
 (turning an upright photo loses matches, so a gain is the sign of a turned one)."""
+ROLL_ACCEPT_FACTOR = 1.1
+"""The same for an image whose matches already show the turn (:func:`roll_suspects`): only that turn is
+tried, and a smaller gain is enough (a photo turned by 90 degrees keeps about 70% of its matches)."""
 
 
 def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
@@ -55,28 +67,17 @@ def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=degrees // 90))
 
 
-def unrotate_keypoints(keypoints: np.ndarray, degrees: int, original_wh: tuple[int, int]) -> np.ndarray:
-    """Map (N, 2) pixel-centre keypoints of an image turned counter-clockwise by ``degrees`` back to
-    the original image of size ``original_wh`` (W, H)."""
-    w, h = original_wh
-    x, y = keypoints[:, 0].astype(np.float64), keypoints[:, 1].astype(np.float64)
-    k = (degrees // 90) % 4
-    if k == 0:
-        xo, yo = x, y
-    elif k == 1:  # rot90 CCW: rotated (x, y) = (y_o, W - 1 - x_o)
-        xo, yo = w - 1 - y, x
-    elif k == 2:
-        xo, yo = w - 1 - x, h - 1 - y
-    else:  # rot270 CCW: rotated (x, y) = (H - 1 - y_o, x_o)
-        xo, yo = y, h - 1 - x
-    return np.stack([xo, yo], axis=1).astype(np.float32)
-
-
 def suspects_and_partners(
-    names: list[str], matches: dict[tuple[str, str], int], min_matches: int, num_partners: int, min_ratio: float = 0.0
+    names: list[str],
+    matches: dict[tuple[str, str], int],
+    min_matches: int,
+    num_partners: int,
+    min_ratio: float = 0.0,
+    also: set[str] | None = None,
 ) -> dict[str, list[str]]:
     """Images whose best pair has fewer than max(``min_matches``, ``min_ratio`` x the median over the
-    scene's images of their best pair) matches, each with its partners.
+    scene's images of their best pair) matches, and the images of ``also``, each with its partners
+    (the non-suspects paired with it that have the most matches in the scene).
 
     matches: (name0, name1) -> number of matches.
     """
@@ -90,9 +91,65 @@ def suspects_and_partners(
                 total[x] += n
                 paired[x].add(y)
     limit = max(float(min_matches), min_ratio * float(np.median(list(best.values()))) if best else 0.0)
-    suspects = [n for n in names if best[n] < limit]
-    good = sorted((n for n in names if best[n] >= limit), key=lambda n: -total[n])
+    suspects = [n for n in names if best[n] < limit or n in (also or set())]
+    good = sorted((n for n in names if n not in suspects), key=lambda n: -total[n])
     return {s: [p for p in good if p in paired[s]][:num_partners] for s in suspects if good}
+
+
+ROLL_TOLERANCE = 25.0
+"""Degrees from a multiple of 90 within which a pair's estimated roll counts as that turn."""
+
+
+def relative_roll(kp0: np.ndarray, kp1: np.ndarray, idx: np.ndarray) -> float:
+    """In-plane rotation (degrees, in (-180, 180]) that best maps the matched keypoints of image 0 onto
+    those of image 1 (the rotation of a least-squares 2D similarity about the medians).
+
+    Args:
+        kp0: (N0, 2) and kp1: (N1, 2) keypoints; idx: (M, 2) matches into them.
+    """
+    if len(idx) < 3:
+        return float("nan")
+    p = kp0[idx[:, 0]].astype(np.float64)
+    q = kp1[idx[:, 1]].astype(np.float64)
+    p -= np.median(p, axis=0)
+    q -= np.median(q, axis=0)
+    cross = float(np.sum(p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]))
+    dot = float(np.sum(p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]))
+    return float(np.degrees(np.arctan2(cross, dot)))
+
+
+ROLL_PARTNERS = 3
+"""Each image's roll is judged on its pairs with the most matches: close views, where a 2D similarity
+describes the motion well (wide-baseline pairs of an upright scene can show any apparent roll)."""
+
+
+def roll_suspects(rolls: dict[tuple[str, str], float], counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Images rolled by about 90, 180 or 270 degrees against their closest partners, each with the turn
+    (degrees, counter-clockwise, as :func:`rotate_image`) that would set it upright.
+
+    rolls: (name0, name1) -> :func:`relative_roll` of the pair; counts: (name0, name1) -> matches.
+    An image is a suspect when over half of its :data:`ROLL_PARTNERS` best pairs put it within
+    :data:`ROLL_TOLERANCE` of the same non-zero turn; its upright partners (turned against it only)
+    are not.
+    """
+    by_image: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
+    for (a, b), angle in rolls.items():
+        if np.isfinite(angle):
+            n = counts.get((a, b), 0)
+            by_image[a].append((n, angle, True))
+            by_image[b].append((n, angle, False))
+    out: dict[str, int] = {}
+    for name, items in by_image.items():
+        best = sorted(items, key=lambda item: -item[0])[:ROLL_PARTNERS]
+        turns = []
+        for _, angle, first in best:
+            near = abs(angle - 90.0 * round(angle / 90.0)) <= ROLL_TOLERANCE
+            turn = round(angle / 90.0) % 4 if first else round(-angle / 90.0) % 4
+            turns.append(turn if near else -1)
+        for t in (1, 2, 3):  # the image is turned by t quarter turns: turning it by 4 - t undoes that
+            if 2 * turns.count(t) > len(turns):
+                out[name] = 90 * (4 - t)
+    return out
 
 
 def run(
@@ -102,7 +159,7 @@ def run(
     for the images that were turned (empty for most scenes)."""
     record = scene_dir / "orientation.json"
     m = cfg.matching
-    key = f"{keys['matches']}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
+    key = f"{RULE_VERSION}-{keys['matches']}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
@@ -110,16 +167,27 @@ def run(
     for kind in ("features", "matches"):  # overrides of another orientation decision never survive
         shutil.rmtree(shard_dir(scene_dir, kind, keys[kind]) / "rotated", ignore_errors=True)
     match_dir = shard_dir(scene_dir, "matches", keys["matches"])
-    table = read_shards(match_dir, MATCH_SHARD_SCHEMA).select(["name0", "name1", "num_matches"]).to_pydict()
-    counts = {(a, b): n for a, b, n in zip(table["name0"], table["name1"], table["num_matches"], strict=True)}
+    table = read_shards(match_dir, MATCH_SHARD_SCHEMA)
+    counts = {
+        (a, b): n
+        for a, b, n in zip(
+            table["name0"].to_pylist(), table["name1"].to_pylist(), table["num_matches"].to_pylist(), strict=True
+        )
+    }
     feats = read_features_h5(scene_dir / "features.h5")
+    rolls = {
+        (a, b): relative_roll(feats[a].keypoints, feats[b].keypoints, idx)
+        for (a, b), (idx, _) in matches_from_table(table).items()
+        if a in feats and b in feats and len(idx) >= m.rotation_min_matches
+    }
+    rolled = roll_suspects(rolls, counts)
     plan = suspects_and_partners(
-        sorted(feats), counts, m.rotation_min_matches, m.rotation_partners, m.rotation_min_ratio
+        sorted(feats), counts, m.rotation_min_matches, m.rotation_partners, m.rotation_min_ratio, also=set(rolled)
     )
     rotated: dict[str, int] = {}
     if plan:
         try:
-            rotated = _fix(scene_dir, image_dir, cfg, keys, pairs, feats, counts, plan)
+            rotated = _fix(scene_dir, image_dir, cfg, keys, pairs, feats, counts, plan, rolled)
         except Exception:
             logger.exception("%s: orientation check failed; mapping goes on without it", scene_dir)
     write_text_atomic(record, json.dumps({"key": key, "suspects": sorted(plan), "rotated": rotated}, indent=1))
@@ -135,6 +203,7 @@ def _fix(
     feats: dict[str, Features],
     counts: dict[tuple[str, str], int],
     plan: dict[str, list[str]],
+    rolled: dict[str, int],
 ) -> dict[str, int]:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
     aliked = features.load_aliked(cfg.features, device)
@@ -149,16 +218,16 @@ def _fix(
             continue
         upright = max((counts.get((min(suspect, p), max(suspect, p)), 0) for p in partners), default=0)
         best_deg, best_n, best_f = 0, upright, None
-        for deg in ROTATIONS:
+        factor = ROLL_ACCEPT_FACTOR if suspect in rolled else ACCEPT_FACTOR
+        for deg in (rolled[suspect],) if suspect in rolled else ROTATIONS:
             turned = rotate_image(small, deg)
             tw, th = (h, w) if deg in (90, 270) else (w, h)
             f = features.extract(aliked, [turned], [(tw, th)], device)[0]
-            f = Features(unrotate_keypoints(f.keypoints, deg, (w, h)), f.scores, f.descriptors, (w, h))
             n = sum(len(matching.match_pair(glue, f, feats[p], device)[0]) for p in partners)
             if n > best_n:
                 best_deg, best_n, best_f = deg, n, f
         summed_upright = sum(counts.get((min(suspect, p), max(suspect, p)), 0) for p in partners)
-        if best_f is not None and best_n >= max(ACCEPT_FACTOR * summed_upright, cfg.matching.rotation_min_matches):
+        if best_f is not None and best_n >= max(factor * summed_upright, cfg.matching.rotation_min_matches):
             rotated[suspect] = best_deg
             new_feats.append((suspect, best_f))
             feats[suspect] = best_f

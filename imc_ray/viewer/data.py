@@ -698,7 +698,8 @@ def image_path(report: dict[str, Any], dataset: str, scene: str, name: str, over
 
 
 def load_photo(report: dict[str, Any], dataset: str, scene: str, name: str, override: Path | None = None) -> np.ndarray:
-    """The decoded photo (H, W, 3) uint8, as the run decoded it (EXIF orientation, alpha background).
+    """The decoded photo (H, W, 3) uint8, as the run used it (EXIF orientation, alpha background, and set
+    upright when the orientation stage turned it: its keypoints are in the upright image's pixels).
 
     Raises:
         ViewerError: see :func:`image_path`; or the photo cannot be decoded.
@@ -707,6 +708,8 @@ def load_photo(report: dict[str, Any], dataset: str, scene: str, name: str, over
 
     path = image_path(report, dataset, scene, name, override)
     try:
-        return decode_image(path, images_config(report))
+        photo = decode_image(path, images_config(report))
     except ImageError as exc:
         raise ViewerError(str(exc)) from None
+    turn = int(report.get("scenes", {}).get(f"{dataset}/{scene}", {}).get("rotated", {}).get(name, 0))
+    return np.ascontiguousarray(np.rot90(photo, k=turn // 90)) if turn else photo  # as orientation.rotate_image
