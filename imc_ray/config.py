@@ -99,6 +99,10 @@ class MappingConfig:
     min_num_inliers: int = 15
     """Verified pairs with fewer inliers are not used by the mapper."""
     max_num_models: int = 50
+    mapper: Literal["incremental", "global"] = "incremental"
+    """incremental: COLMAP's incremental mapper; global: pycolmap's global mapper (GLOMAP). Both measured
+    in bench/RESULTS.md; incremental is the default (as accurate on the dev scenes, and the relaxed retry
+    and IMC practice are built on it)."""
     refine_principal_point: Literal["auto", "always", "never"] = "auto"
     """A final bundle adjustment refining each camera's principal point (COLMAP's mapper keeps it at the
     image centre). auto: only for cameras shared by >= 10 registered images, and kept only when it stays

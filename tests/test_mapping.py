@@ -113,3 +113,15 @@ def test_principal_point_refined_when_a_shared_camera_constrains_it(tmp_path: Pa
         assert models[0].num_reg_images() == 12
         np.testing.assert_allclose((cam.principal_point_x, cam.principal_point_y), want, atol=0.5)
         assert note.startswith("refined" if mode == "auto" else "kept at the image centre"), note
+
+
+def test_global_mapper_option(tmp_path: Path) -> None:
+    """``mapping.mapper=global`` runs pycolmap's global mapper (GLOMAP) and registers a synthetic scene."""
+    _synthetic(tmp_path / "database.db", 4, "")
+    (tmp_path / "images").mkdir()
+    cfg = MappingConfig(num_threads=1, mapper="global")
+    models, attempts, _ = mapping.map_database(
+        tmp_path / "database.db", tmp_path / "images", tmp_path / "sparse", cfg, 6
+    )
+    assert attempts == {"default": 6}
+    assert models[0].num_reg_images() == 6 and models[0].num_points3D() > 100

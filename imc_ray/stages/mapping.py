@@ -207,15 +207,34 @@ def refine_principal_point(
     return refined, f"refined (moved {100 * shift:.1f}% of the image from the centre)"
 
 
+def global_sfm(db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig) -> list[pycolmap.Reconstruction]:
+    """pycolmap's global mapper (GLOMAP: rotation averaging, then global positioning); every model,
+    largest first."""
+    opts = pycolmap.GlobalPipelineOptions()
+    opts.min_model_size = cfg.min_model_size
+    opts.num_threads = cfg.num_threads
+    opts.random_seed = cfg.seed
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    recs = pycolmap.global_mapping(str(db_path), str(image_dir), str(tmp), options=opts)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(recs.values(), key=lambda r: r.num_reg_images(), reverse=True)
+
+
 def map_database(
     db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, num_images: int
 ) -> tuple[list[pycolmap.Reconstruction], dict[str, int], str]:
-    """Incremental mapping, a relaxed second attempt when the largest model registers fewer than
-    ``cfg.retry_below * num_images`` images, then the principal-point refinement of every model.
+    """Mapping (``cfg.mapper``: incremental or global), a relaxed incremental second attempt when the largest
+    model registers fewer than ``cfg.retry_below * num_images`` images, then the principal-point refinement
+    of every model.
 
     Returns the models of the better attempt (largest first), the images registered in the largest model
     of each attempt, and what the refinement did to the largest model."""
-    models = incremental(db_path, image_dir, out_dir, cfg)
+    if cfg.mapper == "global":
+        models = global_sfm(db_path, image_dir, out_dir, cfg)
+    else:
+        models = incremental(db_path, image_dir, out_dir, cfg)
     attempts = {"default": models[0].num_reg_images() if models else 0}
     if cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
         again = incremental(db_path, image_dir, out_dir, cfg, relaxed=True)
