@@ -39,9 +39,9 @@ MARKER_VAR = "IMC_RAY_TEST_CLUSTER"
 
 # The whole slow test stays within TEST_BUDGET_S: the pipeline job gets what cluster start-up and the probe
 # job left, less STOP_RESERVE_S for stopping the cluster. The fast preset on the 10-image sample takes about
-# 2 minutes on 2 idle cores; on a machine shared with other heavy work, raise the budget with
+# 2 minutes on 2 idle cores, and up to 8 on a machine shared with other heavy work; raise the budget with
 # IMC_RAY_JOB_SUBMIT_BUDGET_S.
-TEST_BUDGET_S = float(os.environ.get("IMC_RAY_JOB_SUBMIT_BUDGET_S", "300"))
+TEST_BUDGET_S = float(os.environ.get("IMC_RAY_JOB_SUBMIT_BUDGET_S", "600"))
 START_TIMEOUT_S = 60
 PROBE_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 45

@@ -1,5 +1,6 @@
 """Many scenes stream through one driver that holds metadata only: its peak memory stays flat (within 20%)
-from 2 scenes to 8 (copies of three bundled views each), each run a fresh ``imc-ray run`` process."""
+from 2 scenes to 8 (copies of two bundled views each), each run a fresh ``imc-ray run`` process.
+Small images, few keypoints and no orientation check keep the models' work small: the driver is measured."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from .conftest import SAMPLE_CONFIG, SAMPLE_SCENE
 
 pytestmark = pytest.mark.slow
 
-VIEWS = ("r_20.png", "r_28.png", "r_33.png")
+VIEWS = ("r_33.png", "r_36.png")
+SETTINGS = ["features.resize=320", "features.max_keypoints=256", "matching.rotation_check=false"]
 
 
 def _input(root: Path, num_scenes: int) -> Path:
@@ -30,7 +32,7 @@ def _input(root: Path, num_scenes: int) -> Path:
 
 def _run(input_root: Path, out: Path) -> dict[str, object]:
     preset, overrides = SAMPLE_CONFIG
-    sets = [arg for o in overrides for arg in ("--set", o)]
+    sets = [arg for o in [*overrides, *SETTINGS] for arg in ("--set", o)]
     cmd = [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", preset, *sets]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -42,7 +44,7 @@ def _run(input_root: Path, out: Path) -> dict[str, object]:
 def test_driver_memory_flat_from_2_to_8_scenes(tmp_path: Path) -> None:
     small = _run(_input(tmp_path / "in2", 2), tmp_path / "out2")
     large = _run(_input(tmp_path / "in8", 8), tmp_path / "out8")
-    assert len(large["scenes"]) == 8 and large["stages"]["matching"]["pairs"] == 8 * 3  # type: ignore[index]
+    assert len(large["scenes"]) == 8 and large["stages"]["matching"]["pairs"] == 8  # type: ignore[index]
     rss2, rss8 = float(small["driver_peak_rss_mb"]), float(large["driver_peak_rss_mb"])  # type: ignore[arg-type]
     print(f"driver peak RSS: 2 scenes {rss2:.0f} MB, 8 scenes {rss8:.0f} MB ({rss8 / rss2:.2f}x)")
     assert rss8 <= 1.2 * rss2

@@ -48,6 +48,11 @@ def _retry(attempts: int, fn: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def _node_id() -> str:
+    """The Ray node this actor runs on; "" outside Ray (``get_runtime_context`` would start a Ray instance)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 ATTEMPTS = 2
 """Tries per item inside an actor before the item is recorded as a per-item error."""
 
@@ -94,7 +99,7 @@ class FeatureActor:
         self.key = key
         self.device = select_device(cfg.compute)
         self.model = features.load_aliked(cfg.features, self.device)
-        self.node = ray.get_runtime_context().get_node_id()
+        self.node = _node_id()
 
     def _extract(self, batch: Batch, i: int) -> Features:
         size = (int(batch["width"][i]), int(batch["height"][i]))
@@ -140,7 +145,7 @@ class MatcherActor:
         self.device = select_device(cfg.compute)
         self.model = matching.load_lightglue(cfg.matching, self.device)
         self.cache = matching.FeatureCache()
-        self.node = ray.get_runtime_context().get_node_id()
+        self.node = _node_id()
 
     def _match(self, h5: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
         return matching.match_pair(self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device)

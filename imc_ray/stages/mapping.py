@@ -196,6 +196,7 @@ def refine_principal_point(
     refined = pycolmap.Reconstruction(rec)
     opts = pycolmap.BundleAdjustmentOptions()
     opts.refine_principal_point = True
+    opts.print_summary = False
     opts.ceres.solver_options.num_threads = num_threads
     pycolmap.bundle_adjustment(refined, opts)
     shift = max(
