@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 failure (nothing usable was produced, or bad input such as a missing
 folder); 2 usage error (unknown option or config key); 3 partial success (outputs were written but
-some images could not be read or some scene failed to map; see ``run.json``).
+some images could not be read or some scene failed to map; see ``run.json``). A URI that no filesystem
+handles is a usage error (2); a bucket or folder that cannot be read or written is a failure (1).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from imc_ray.config import PRESETS, ConfigError, RunConfig, build_config
+from imc_ray.storage import UriError, is_uri, redact, resolve, upload_tree
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -37,14 +39,32 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return build_config(args.preset, args.overrides, args.config)
 
 
+def _local_path(value: str) -> Path:
+    """argparse type of the commands that read local files only: a URI is a usage error that says what to do."""
+    if is_uri(value):
+        raise argparse.ArgumentTypeError(
+            f"{redact(value)}: this command reads local files only; copy them first "
+            "(e.g. aws s3 sync s3://BUCKET/PREFIX ./local) and pass the local path"
+        )
+    return Path(value)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imc-ray", description="Image matching and SfM on Ray: photos in, poses out.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="reconstruct every scene of INPUT into OUTPUT")
-    r.add_argument("input", type=Path, help="<dataset>/<scene>/images/* tree, or one folder of images")
-    r.add_argument("output", type=Path, help="output folder (created)")
+    r.add_argument(
+        "input", help="<dataset>/<scene>/images/* tree, or one folder of images; a folder or a URI (s3://bucket/prefix)"
+    )
+    r.add_argument("output", help="output folder (created), or a URI (s3://bucket/prefix)")
+    r.add_argument(
+        "--work-dir",
+        type=Path,
+        help="local folder to work in when OUTPUT (or INPUT) is a URI; on a multi-node cluster a filesystem every "
+        "node shares (default: OUTPUT if local, else a folder in the system temp dir named after OUTPUT)",
+    )
     r.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local cluster)")
     r.add_argument(
         "--cluster",
@@ -56,20 +76,20 @@ def parser() -> argparse.ArgumentParser:
     _add_config_args(r)
 
     v = sub.add_parser("view", help="browse a run's output in a Streamlit app (pip install 'imc-ray[viewer]')")
-    v.add_argument("output", type=Path)
+    v.add_argument("output", type=_local_path)
     v.add_argument("--port", type=int, help="port to serve on (default: Streamlit's)")
     v.add_argument("--address", help="address to serve on (default: Streamlit's)")
     v.add_argument("--input", type=Path, help="the run's INPUT folder, if the photos moved since the run")
 
     g = sub.add_parser("render", help="write PNGs of the best and worst matched pairs and each model")
-    g.add_argument("output", type=Path)
+    g.add_argument("output", type=_local_path)
     g.add_argument("--dest", type=Path, help="where to write (default: OUTPUT/pictures)")
     g.add_argument("--top", type=int, default=3, help="best and worst pairs per scene (default: %(default)s)")
 
     e = sub.add_parser("evaluate", help="score a submission.csv against reference poses")
-    e.add_argument("submission", type=Path)
-    e.add_argument("--truth", type=Path, required=True, help="tree with <dataset>/<scene>/labels.csv")
-    e.add_argument("--thresholds", type=Path, help="CSV dataset,scene,thresholds (';'-joined) for IMC-2024 mAA")
+    e.add_argument("submission", type=_local_path)
+    e.add_argument("--truth", type=_local_path, required=True, help="tree with <dataset>/<scene>/labels.csv")
+    e.add_argument("--thresholds", type=_local_path, help="CSV dataset,scene,thresholds (';'-joined) for IMC-2024 mAA")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--clusters", action="store_true", help="IMC-2025 score of a clustered submission")
 
@@ -88,13 +108,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.cluster:
         args.overrides = ["mapping.clusters=true", *args.overrides]
     cfg = _config(args)
-    rep = pipeline.run(args.input, args.output, cfg, address=args.address)
+    rep = pipeline.run(args.input, args.output, cfg, address=args.address, work_dir=args.work_dir)
     print(summary_table(rep))
+    remote = is_uri(args.output)
+    local = Path(rep["work_dir"] if remote else args.output).resolve()
+    where = redact(args.output) if remote else str(local)
     if args.pictures:
         from imc_ray.viewer.render import render
 
-        print(f"pictures: {len(render(args.output))} PNGs in {Path(args.output).resolve() / 'pictures'}")
-    print(f"results: {Path(args.output).resolve()} (submission.csv, run.json, <dataset>/<scene>/sparse/)")
+        n = len(render(local))
+        if remote:
+            upload_tree(local / "pictures", resolve(args.output).child("pictures"))
+        print(f"pictures: {n} PNGs in {where.partition('?')[0].rstrip('/')}/pictures")
+    print(f"results: {where} (submission.csv, run.json, <dataset>/<scene>/sparse/)")
     failed_scene = any(s.get("error") for s in rep["scenes"].values())
     if not any(s.get("num_registered", 0) for s in rep["scenes"].values()):
         return EXIT_FAIL
@@ -152,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except ConfigError as exc:
         print(f"imc-ray: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UriError as exc:
+        print(f"imc-ray: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ValueError, OSError) as exc:
         print(f"imc-ray: error: {exc}", file=sys.stderr)

@@ -9,6 +9,10 @@ Flow::
       -> Ray Data: pair rows -> LightGlue actor pool, writing match shards
       -> per scene, as soon as its pairs are done: a CPU task builds the database and maps (pycolmap)
       -> driver: submission.csv, run.json, summary table
+
+With a URI INPUT (``s3://...``, see :mod:`imc_ray.storage`) the images are first copied into a local
+folder, one Ray task per scene folder; with a URI OUTPUT the run works in a local work directory that
+starts as a copy of OUTPUT (resume), and a task chained after each scene's mapping uploads that scene.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import ray
 from ray.data import ActorPoolStrategy, DataContext
 from tqdm.auto import tqdm
 
-from imc_ray import report
+from imc_ray import report, storage
 from imc_ray.config import RunConfig, stage_keys
 from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor
 from imc_ray.distributed.decode import decode_batch
@@ -101,29 +105,55 @@ def _dinov2_available(cfg: RunConfig) -> str | None:
     return None
 
 
-def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = None) -> dict[str, Any]:
-    """Run every stage on every scene under ``input_root``; write outputs to ``output``; return run.json's dict."""
+def run(
+    input_root: Path | str, output: Path | str, cfg: RunConfig, address: str | None = None, work_dir: Path | None = None
+) -> dict[str, Any]:
+    """Run every stage on every scene under ``input_root``; write outputs to ``output``; return run.json's dict.
+
+    ``input_root`` and ``output`` are local paths or URIs (``s3://bucket/prefix``, see :mod:`imc_ray.storage`).
+    With a URI OUTPUT the run works in ``work_dir`` (default :func:`storage.default_work_dir`); a URI INPUT is
+    copied into ``work_dir`` (default: the local OUTPUT, or that work directory). Every node must see it.
+    """
     t_start = time.perf_counter()
-    output = Path(output).resolve()
-    found = find_scenes(Path(input_root))
-    scenes = [s for s in found if s.images]
-    check_writable(output)
-    rep = report.new_report(cfg, input_root, output)
+    src = storage.resolve(input_root) if isinstance(input_root, str) and storage.is_uri(input_root) else None
+    dst = storage.resolve(output) if isinstance(output, str) and storage.is_uri(output) else None
+    found = find_scenes(Path(input_root)) if src is None else []
+    plan = storage.image_plan(src) if src is not None else {}  # one listing; the driver holds paths only
+    if dst is not None:
+        storage.check_writable(dst)
+        out = storage.prepare_work_dir(work_dir or storage.default_work_dir(dst), dst)
+    else:
+        out = Path(output).resolve()
+    check_writable(out)
+    if dst is not None:  # resume; committed shards of the work directory are kept even where OUTPUT lacks them
+        n = storage.download_tree(dst, out, keep=lambda rel: "shards" in rel.split("/"))
+        logger.info("work directory %s: %d files copied from %s", out, n, dst.where())
+    rep = report.new_report(cfg, input_root if src is None else ".", out if dst is None else dst.uri)
+    if src is not None:
+        rep["input"] = src.uri
+    if dst is not None:
+        rep["work_dir"] = str(out)
     keys = stage_keys(cfg)
     rep["stage_keys"] = keys
-    for s in found:
-        rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
-        if not s.images:
-            rep["scenes"][f"{s.dataset}/{s.name}"]["note"] = f"no images in {s.image_dir}; skipped"
     logger.info("resolved config: %s", cfg.to_dict())
     with ray_cluster(address):
+        if src is not None:
+            staged = (Path(work_dir).resolve() if work_dir else out) / storage.STAGED_INPUT / src.path.lstrip("/")
+            rep["stages"]["input"] = _stage_input(str(input_root), src, plan, staged)
+            found = find_scenes(staged)
+        scenes = [s for s in found if s.images]
+        for s in found:
+            rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
+            if not s.images:
+                rep["scenes"][f"{s.dataset}/{s.name}"]["note"] = f"no images in {s.image_dir}; skipped"
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        scene_pairs, methods = _features_and_pairs(scenes, output, cfg, keys, gpus, rep)
-        results = _match_and_map(scenes, scene_pairs, output, cfg, keys, gpus, rep)
+        scene_pairs, methods = _features_and_pairs(scenes, out, cfg, keys, gpus, rep)
+        upload_to = str(output) if dst is not None else None
+        results = _match_and_map(scenes, scene_pairs, out, cfg, keys, gpus, rep, upload_to)
     for s in scenes:
         rep["scenes"][f"{s.dataset}/{s.name}"]["pairs_method"] = methods.get((s.dataset, s.name), "")
     by_scene = {(r.dataset, r.scene): r for r in results}
@@ -139,7 +169,7 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
             by_scene[(s.dataset, s.name)].clusters,
         )
     ]
-    n_reg = write_submission(output / "submission.csv", rows)
+    n_reg = write_submission(out / "submission.csv", rows)
     rep["stages"]["submission"] = {"seconds": time.perf_counter() - t0, "registered": n_reg}
     for r in results:
         entry = rep["scenes"][f"{r.dataset}/{r.scene}"]
@@ -148,8 +178,47 @@ def run(input_root: Path, output: Path, cfg: RunConfig, address: str | None = No
     rep["seconds_total"] = time.perf_counter() - t_start
     # the driver holds metadata only (paths, names, counts): this stays flat as the dataset grows
     rep["driver_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report.write_report(output / "run.json", rep)
+    report.write_report(out / "run.json", rep)
+    if dst is not None:  # run.json last: it says the run is complete
+        storage.upload_file(out / "submission.csv", dst, "submission.csv")
+        storage.upload_file(out / "run.json", dst, "run.json")
     return rep
+
+
+def _stage_scene(uri: str, entries: list[storage.Entry], root: Path) -> tuple[int, str]:
+    """Ray task: copy one scene folder's images of a URI INPUT below ``root``; (files copied, error or "")."""
+    try:
+        return storage.download(storage.resolve(uri), entries, root), ""
+    except (storage.StorageError, storage.UriError) as exc:
+        return 0, str(exc)
+
+
+def _stage_input(uri: str, src: storage.Remote, plan: dict[str, list[storage.Entry]], root: Path) -> dict[str, Any]:
+    """Copy the images of a URI INPUT into ``root`` (one task per scene folder, in parallel; files already
+    there are skipped, files no longer in INPUT are deleted); return the stage's counts for run.json."""
+    t0 = time.perf_counter()
+    removed = storage.prune(root, (e.rel for entries in plan.values() for e in entries))
+    task = ray.remote(num_cpus=0.25)(_stage_scene)
+    done = ray.get([task.remote(uri, entries, root) for _, entries in sorted(plan.items())])
+    errors = [err for _, err in done if err]
+    if errors:
+        more = f" (and {len(errors) - 1} more scene folders)" if len(errors) > 1 else ""
+        raise storage.StorageError(errors[0] + more)
+    files = sum(len(entries) for entries in plan.values())
+    copied = sum(n for n, _ in done)
+    logger.info("input %s: %d images, %d copied to %s", src.where(), files, copied, root)
+    return {"seconds": time.perf_counter() - t0, "images": files, "copied": copied, "removed": removed}
+
+
+def _upload_scene(result: mapping.SceneResult, scene: Path, uri: str, rel: str) -> mapping.SceneResult:
+    """Ray task chained after a scene's mapping: upload its folder to ``rel`` inside the OUTPUT ``uri``
+    (``scene.json`` last); a failed upload becomes the scene's error."""
+    try:
+        storage.upload_tree(scene, storage.resolve(uri).child(rel), last=("scene.json",))
+    except (storage.StorageError, storage.UriError) as exc:
+        logger.error("scene %s: %s", rel, exc)
+        result.error = f"{result.error}; {exc}" if result.error else str(exc)
+    return result
 
 
 def _features_and_pairs(
@@ -242,8 +311,10 @@ def _match_and_map(
     keys: dict[str, str],
     gpus: float,
     rep: dict[str, Any],
+    upload_to: str | None = None,
 ) -> list[mapping.SceneResult]:
-    """Match every pair not matched yet; as each scene's pairs finish, its mapping starts as a CPU task."""
+    """Match every pair not matched yet; as each scene's pairs finish, its mapping starts as a CPU task
+    (followed, when ``upload_to`` is an OUTPUT URI, by a task that uploads the scene's folder there)."""
     t0 = time.perf_counter()
     by_key = {(s.dataset, s.name): s for s in scenes}
     map_task = ray.remote(num_cpus=cfg.compute.mapping_cpus)(mapping.run)
@@ -253,6 +324,7 @@ def _match_and_map(
     futures = []
 
     orient_task = ray.remote(num_cpus=1)(orientation.run)
+    upload_task = ray.remote(num_cpus=0.25)(_upload_scene)
 
     def submit(key: tuple[str, str]) -> None:
         s = by_key[key]
@@ -260,11 +332,12 @@ def _match_and_map(
         ready = None
         if cfg.matching.rotation_check and scene_pairs[key]:  # mapping waits for it (an ObjectRef argument)
             ready = orient_task.remote(sd, s.image_dir, cfg, keys, scene_pairs[key])
-        futures.append(
-            map_task.remote(  # type: ignore[call-arg]  # ray's stubs type at most 7 arguments
-                sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys, ready
-            )
+        result = map_task.remote(  # type: ignore[call-arg]  # ray's stubs type at most 7 arguments
+            sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys, ready
         )
+        if upload_to is not None:
+            result = upload_task.remote(result, sd, upload_to, f"{key[0]}/{key[1]}")
+        futures.append(result)
 
     rows: list[dict[str, str]] = []
     reused = 0
