@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             poses = mapping.poses_of(models[0]) if models else {}
             sub = work / "submission.csv"
             write_submission(sub, list(scene_rows(dataset, scene, sorted(poses_gt), poses, None)))
-            [score] = evaluate.evaluate(sub, args.truth)["scenes"]
+            scores = evaluate.evaluate(sub, args.truth)["scenes"]
+            [score] = [x for x in scores if (x["dataset"], x["scene"]) == (dataset, scene)]
             rows.append(
                 {
                     "scene": f"{dataset}/{scene}",

@@ -105,8 +105,9 @@ class MappingConfig:
     and IMC practice are built on it)."""
     refine_principal_point: Literal["auto", "always", "never"] = "auto"
     """A final bundle adjustment refining each camera's principal point (COLMAP's mapper keeps it at the
-    image centre). auto: only for cameras shared by >= 10 registered images, and kept only when it stays
-    within 2% of the image size from the centre (``stages/mapping.py: refine_principal_point``)."""
+    image centre). auto: only for cameras shared by >= 10 registered images whose observations span >= 70%
+    of the frame, and kept only when it stays within 2% of the image size from the centre
+    (``stages/mapping.py: refine_principal_point``)."""
     retry_below: float = 0.9
     """Map again with relaxed initialisation when the largest model registers fewer than this share
     of the scene's readable images (0 disables); the attempt that registers more is kept."""

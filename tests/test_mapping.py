@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pycolmap
+import pytest
 
 from imc_ray.config import MappingConfig
 from imc_ray.formats import Features
@@ -92,27 +93,40 @@ def test_split_scene_keeps_every_model_and_records_attempts(tmp_path: Path) -> N
     assert attempts == {"default": 6}
 
 
-def test_principal_point_refined_when_a_shared_camera_constrains_it(tmp_path: Path) -> None:
-    """12 views of one camera whose principal point is 1% off the centre: the mapper starts at the centre,
-    the final bundle adjustment finds the true one; ``never`` leaves it at the centre."""
+def _offcentre_scene(db_path: Path, focal: float) -> None:
+    """12 noise-free views of one camera whose principal point is 1% off the centre of 1024x768 (a longer
+    focal length spreads the synthetic points over more of the frame); the database starts from COLMAP's
+    centred guess."""
     opts = pycolmap.SyntheticDatasetOptions()
     opts.num_rigs, opts.num_cameras_per_rig, opts.num_frames_per_rig, opts.num_points3D = 1, 1, 12, 400
-    opts.camera_params = [1280.0, 512.0 + 10.0, 384.0 - 7.0, 0.0]
+    opts.camera_params = [focal, 512.0 + 10.0, 384.0 - 7.0, 0.0]
     pycolmap.set_random_seed(3)
-    db_path = tmp_path / "database.db"
     with pycolmap.Database.open(str(db_path)) as db:
         pycolmap.synthesize_dataset(opts, db)
         cam = db.read_camera(1)
-        cam.params = [1.2 * 1024, 512.0, 384.0, 0.0]  # COLMAP's starting guess: centred, focal unknown
+        cam.params = [1.2 * 1024, 512.0, 384.0, 0.0]
         db.update_camera(cam)
+
+
+@pytest.mark.parametrize(
+    ("focal", "mode", "want", "note"),
+    [
+        (2600.0, "auto", (522.0, 377.0), "refined"),  # points span 90% of the frame: the true centre is found
+        (2600.0, "never", (512.0, 384.0), "kept at the image centre (mapping"),
+        (1280.0, "auto", (512.0, 384.0), "kept at the image centre: observations span 45%"),  # bunched points
+    ],
+)
+def test_principal_point_refinement(
+    tmp_path: Path, focal: float, mode: str, want: tuple[float, float], note: str
+) -> None:
+    _offcentre_scene(tmp_path / "database.db", focal)
     (tmp_path / "images").mkdir()
-    for mode, want in (("auto", (522.0, 377.0)), ("never", (512.0, 384.0))):
-        cfg = MappingConfig(num_threads=1, refine_principal_point=mode)  # type: ignore[arg-type]
-        models, _, note = mapping.map_database(db_path, tmp_path / "images", tmp_path / mode, cfg, 12)
-        cam = models[0].cameras[1]
-        assert models[0].num_reg_images() == 12
-        np.testing.assert_allclose((cam.principal_point_x, cam.principal_point_y), want, atol=0.5)
-        assert note.startswith("refined" if mode == "auto" else "kept at the image centre"), note
+    cfg = MappingConfig(num_threads=1, refine_principal_point=mode)  # type: ignore[arg-type]
+    models, _, got = mapping.map_database(tmp_path / "database.db", tmp_path / "images", tmp_path / "sp", cfg, 12)
+    cam = models[0].cameras[1]
+    assert models[0].num_reg_images() == 12
+    np.testing.assert_allclose((cam.principal_point_x, cam.principal_point_y), want, atol=0.5)
+    assert got.startswith(note), got
 
 
 def test_global_mapper_option(tmp_path: Path) -> None:
