@@ -167,17 +167,12 @@ def run(
     for kind in ("features", "matches"):  # overrides of another orientation decision never survive
         shutil.rmtree(shard_dir(scene_dir, kind, keys[kind]) / "rotated", ignore_errors=True)
     match_dir = shard_dir(scene_dir, "matches", keys["matches"])
-    table = read_shards(match_dir, MATCH_SHARD_SCHEMA)
-    counts = {
-        (a, b): n
-        for a, b, n in zip(
-            table["name0"].to_pylist(), table["name1"].to_pylist(), table["num_matches"].to_pylist(), strict=True
-        )
-    }
+    matches = matches_from_table(read_shards(match_dir, MATCH_SHARD_SCHEMA))
+    counts = {pair: len(idx) for pair, (idx, _) in matches.items()}
     feats = read_features_h5(scene_dir / "features.h5")
     rolls = {
         (a, b): relative_roll(feats[a].keypoints, feats[b].keypoints, idx)
-        for (a, b), (idx, _) in matches_from_table(table).items()
+        for (a, b), (idx, _) in matches.items()
         if a in feats and b in feats and len(idx) >= m.rotation_min_matches
     }
     rolled = roll_suspects(rolls, counts)
