@@ -51,7 +51,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -405,16 +405,27 @@ def matches_from_table(table: pa.Table) -> dict[tuple[str, str], tuple[np.ndarra
     return out
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """Read an hloc pairs file ("name0 name1" per line)."""
+def read_pairs(path: Path, names: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Read an hloc pairs file ("name0 name1" per line).
+
+    Image names may contain spaces (hloc's format cannot tell where such a line splits): give the scene's
+    image ``names`` and each line is split where both halves are known names.
+    """
+    known = set(names)
     pairs = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            a, b = line.split(" ")
-            pairs.append((a, b))
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(" ")
+        cuts = [
+            i for i in range(1, len(parts)) if len(parts) == 2 or {" ".join(parts[:i]), " ".join(parts[i:])} <= known
+        ]
+        if len(cuts) != 1:
+            raise ValueError(f"{path}, line {n}: cannot tell the two image names apart in {line!r}")
+        pairs.append((" ".join(parts[: cuts[0]]), " ".join(parts[cuts[0] :])))
     return pairs
 
 
 def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
-    """Write an hloc pairs file atomically. Names must not contain spaces (checked by the catalog)."""
+    """Write an hloc pairs file atomically (names with spaces: read it back with :func:`read_pairs`' ``names``)."""
     write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))

@@ -27,10 +27,12 @@ from imc_ray.formats import (
     pair_key,
     read_features_h5,
     read_matches_h5,
+    read_pairs,
     read_shards,
     scene_dir,
     write_features_h5,
     write_matches_h5,
+    write_pairs,
     write_shard,
 )
 
@@ -163,3 +165,13 @@ def test_check_writable_on_read_only_or_full_filesystem(tmp_path: Path, options:
                 check_writable(mnt / "out")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_pairs_file_round_trip_with_spaces_in_names(tmp_path: Path) -> None:
+    pairs = [("a.jpg", "b c.jpg"), ("b c.jpg", "d e f.png"), ("a.jpg", "d e f.png")]
+    write_pairs(tmp_path / "pairs.txt", pairs)
+    assert read_pairs(tmp_path / "pairs.txt", ["a.jpg", "b c.jpg", "d e f.png"]) == pairs
+    with pytest.raises(ValueError, match="line 1: cannot tell the two image names apart"):
+        read_pairs(tmp_path / "pairs.txt")  # without the names, "a.jpg b c.jpg" is ambiguous
+    write_pairs(tmp_path / "plain.txt", [("a.jpg", "b.jpg")])
+    assert read_pairs(tmp_path / "plain.txt") == [("a.jpg", "b.jpg")]

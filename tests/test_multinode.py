@@ -87,8 +87,11 @@ def test_work_lands_on_both_workers(
     workers = {w[:8] for w in _worker_ids(cluster)}
     images = _node_ids(rep["stages"]["features"]["images_per_node"])
     pairs = _node_ids(rep["stages"]["matching"]["pairs_per_node"])
-    assert set(images) == workers, images  # both workers extracted, the head (no gpu_like) did not
-    assert set(pairs) == workers, pairs
+    # one stream: the feature and matcher pools share the two gpu_like units, so while the scene's images
+    # are extracted one worker may hold the matcher; model work lands on both workers, none on the head,
+    # and once extraction ends both workers match
+    assert set(images) <= workers and set(pairs) <= workers, (images, pairs)
+    assert set(images) | set(pairs) == workers and set(pairs) == workers, (images, pairs)
     assert sum(images.values()) == 11  # 6 views and 5 bad files (their error rows pass through the actors)
     assert sum(pairs.values()) == rep["stages"]["matching"]["pairs"] == 15
     _check_same_as_single_node(out, sample_run)

@@ -116,3 +116,22 @@ def test_cli_evaluate_on_run(sample_run: Run, capsys: pytest.CaptureFixture[str]
     assert cli.main(["evaluate", str(out / "submission.csv"), "--truth", str(SAMPLE), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["scenes"][0]["scene"] == "lego"
+
+
+def test_scenes_stream_through_one_pipeline(sample_run: Run) -> None:
+    """No whole-dataset barrier: the first scene (lego, 11 images) is matched, and the small scenes are
+    mapped, while images of later scenes are still being extracted. Told by the files' write times."""
+    out, rep = sample_run
+
+    def written(scene: str, kind: str) -> list[float]:
+        return sorted(p.stat().st_mtime for p in (out / scene / "shards").glob(f"{kind}-*/*.parquet"))
+
+    later_features = max(t for s in ("odd/mixed", "odd/pair") for t in written(s, "features"))
+    assert written("nerf_synthetic/lego", "matches")[0] < later_features
+    assert min(written("nerf_synthetic/lego", "features")) < later_features
+    # the stream reports what it did, per stage and in total
+    st = rep["stages"]
+    chosen = sum(len(read_pairs(p, read_features_h5(p.parent / "features.h5"))) for p in out.glob("*/*/pairs.txt"))
+    assert st["matching"]["pairs"] == st["pairs"]["pairs"] == chosen
+    assert st["features"]["images"] == sum(s["num_images"] for s in rep["scenes"].values())
+    assert not (out / ".stream-progress.json").exists()

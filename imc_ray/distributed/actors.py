@@ -2,23 +2,42 @@
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Rows whose ``error`` is not
 empty pass through untouched, so one bad image never fails a batch.
+
+After the feature actors, every row of the stream has the columns of :data:`ROW` and a ``kind``:
+``image`` (one per input image: its keypoint count or error), ``scene`` (one per scene, from
+:class:`SceneGate` when the scene's pairs are chosen: how many pairs are left to match) and ``pair``
+(one per pair to match; :class:`MatcherActor` fills in ``num_matches``). The driver sees only these
+small rows: no pixels, features or matches.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
 import torch
 
 from imc_ray.config import ComputeConfig, RunConfig
-from imc_ray.formats import Features, feature_rows, global_rows, match_rows, scene_dir, shard_dir, write_shard
-from imc_ray.stages import features, matching, retrieval
+from imc_ray.distributed.decode import decode_batch
+from imc_ray.formats import (
+    Features,
+    done_keys,
+    feature_rows,
+    global_rows,
+    match_rows,
+    scene_dir,
+    shard_dir,
+    write_shard,
+    write_text_atomic,
+)
+from imc_ray.stages import features, matching, pairs, retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +80,45 @@ def _scene_of(batch: Batch, i: int) -> tuple[str, str]:
     return str(batch["dataset"][i]), str(batch["scene"][i])
 
 
+ROW: dict[str, Any] = {
+    "kind": "",  # "image", "scene" or "pair"
+    "dataset": "",
+    "scene": "",
+    "name": "",  # image rows: the image
+    "name0": "",  # pair rows: the pair
+    "name1": "",
+    "num_keypoints": 0,  # image rows
+    "num_matches": 0,  # pair rows
+    "num_pairs": 0,  # scene rows: pairs chosen
+    "todo": 0,  # scene rows: pairs not matched before (as many pair rows follow)
+    "method": "",  # scene rows: what chose the pairs
+    "seconds": 0.0,  # scene rows: time to merge features and choose pairs
+    "done_at": 0.0,  # scene rows: when the scene's last image left feature extraction (Unix time)
+    "error": "",
+    "node": "",  # the Ray node of the actor that did the work
+}
+"""The columns of the stream after feature extraction, with their defaults."""
+
+
+def stream_rows(rows: list[dict[str, Any]]) -> Batch:
+    """Rows (dicts with some of :data:`ROW`'s keys) -> a numpy batch with every column of :data:`ROW`."""
+    out: Batch = {}
+    for col, default in ROW.items():
+        values = [r.get(col, default) for r in rows]
+        if isinstance(default, str):
+            arr = np.empty(len(values), dtype=object)
+            arr[:] = values
+            out[col] = arr
+        else:
+            out[col] = np.asarray(values, dtype=np.float64 if isinstance(default, float) else np.int64)
+    return out
+
+
+def _decoded(batch: Batch, cfg: RunConfig) -> Batch:
+    """The batch with pixels: decoded by a decode task upstream (GPU clusters), else here (CPU-only)."""
+    return batch if "image" in batch else decode_batch(batch, cfg)
+
+
 class GlobalDescriptorActor:
     """DINOv2 (stage 2) on a batch of decoded images; writes one global-descriptor shard per scene.
 
@@ -75,6 +133,7 @@ class GlobalDescriptorActor:
         self.model = retrieval.load_dinov2(cfg.retrieval, self.device)
 
     def __call__(self, batch: Batch) -> Batch:
+        batch = _decoded(batch, self.cfg)
         todo = [i for i, e in enumerate(batch["error"]) if not e and batch["need_global"][i]]
         if todo:
             desc = retrieval.describe(
@@ -90,8 +149,8 @@ class GlobalDescriptorActor:
 
 
 class FeatureActor:
-    """ALIKED (stage 4) on a batch; writes one feature shard per scene in the batch and returns
-    only small metadata rows (no pixels, no features, plus the Ray node that did the work) to the driver."""
+    """ALIKED (stage 4) on a batch; writes one feature shard per scene in the batch and returns one
+    ``image`` row (:data:`ROW`) per image: its keypoint count or error, and the Ray node that did the work."""
 
     def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
         self.cfg = cfg
@@ -106,9 +165,10 @@ class FeatureActor:
         return features.extract(self.model, [batch["image"][i]], [size], self.device)[0]
 
     def __call__(self, batch: Batch) -> Batch:
+        batch = _decoded(batch, self.cfg)
         n = len(batch["error"])
         errors = [str(e) for e in batch["error"]]
-        num_kp = np.zeros(n, np.int32)
+        num_kp = [0] * n
         by_scene: dict[tuple[str, str], list[tuple[str, Features]]] = defaultdict(list)
         for i in range(n):
             if errors[i] or not batch["need_features"][i]:
@@ -123,18 +183,80 @@ class FeatureActor:
         for (dataset, scene), items in by_scene.items():
             shards = shard_dir(scene_dir(self.output, dataset, scene), "features", self.key)
             write_shard(shards, feature_rows(dataset, scene, items))
-        return {
-            "dataset": batch["dataset"],
-            "scene": batch["scene"],
-            "name": batch["name"],
-            "num_keypoints": num_kp,
-            "error": np.asarray(errors, dtype=object),
-            "node": np.full(n, self.node, dtype=object),
-        }
+        return stream_rows(
+            [
+                {
+                    "kind": "image",
+                    "dataset": str(batch["dataset"][i]),
+                    "scene": str(batch["scene"][i]),
+                    "name": str(batch["name"][i]),
+                    "num_keypoints": num_kp[i],
+                    "error": errors[i],
+                    "node": self.node if batch["need_features"][i] or batch["need_global"][i] else "",
+                }
+                for i in range(n)
+            ]
+        )
+
+
+PROGRESS_FILE = ".stream-progress.json"
+"""Written by :class:`SceneGate` in OUTPUT during a run: ``{"images": <images past feature extraction>}``."""
+
+
+class SceneGate:
+    """Stage 3 inside the stream: once every image of a scene has passed, merge the scene's features and
+    choose its pairs (:func:`imc_ray.stages.pairs.run`), then emit a ``scene`` row and one ``pair`` row
+    per pair not matched before. ``image`` rows pass through.
+
+    One instance, on the driver's node (it counts images, so it must outlive worker nodes). Counting
+    names, not rows, makes a batch seen twice (a retried task) harmless. It also writes how many images
+    it has seen to :data:`PROGRESS_FILE` in OUTPUT (the driver's live features progress: the rows it
+    passes on reach the driver only behind the pairs queued for matching).
+    """
+
+    def __init__(
+        self, cfg: RunConfig, output: str, keys: dict[str, str], use_dinov2: bool, expected: dict[tuple[str, str], int]
+    ) -> None:
+        self.cfg = cfg
+        self.output = Path(output)
+        self.keys = keys
+        self.use_dinov2 = use_dinov2
+        self.expected = expected
+        self.seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.emitted: set[tuple[str, str]] = set()
+        self.progress = self.output / PROGRESS_FILE
+
+    def _scene_rows(self, key: tuple[str, str]) -> list[dict[str, Any]]:
+        done_at = time.time()
+        t0 = time.perf_counter()
+        sd = scene_dir(self.output, *key)
+        chosen, method = pairs.run(sd, self.cfg.retrieval, self.keys, self.use_dinov2)
+        done = done_keys(shard_dir(sd, "matches", self.keys["matches"]), ("name0", "name1"))
+        todo = [p for p in chosen if p not in done]
+        logger.info("scene %s/%s: %d pairs chosen by %s, %d to match", *key, len(chosen), method, len(todo))
+        head = {"dataset": key[0], "scene": key[1]}
+        scene = {**head, "kind": "scene", "num_pairs": len(chosen), "todo": len(todo), "method": method}
+        scene.update(seconds=time.perf_counter() - t0, done_at=done_at)
+        return [scene, *({**head, "kind": "pair", "name0": a, "name1": b} for a, b in todo)]
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = [{col: batch[col][i] for col in ROW} for i in range(len(batch["kind"]))]
+        touched = set()
+        for i in range(len(batch["kind"])):
+            key = _scene_of(batch, i)
+            self.seen[key].add(str(batch["name"][i]))
+            touched.add(key)
+        write_text_atomic(self.progress, json.dumps({"images": sum(len(v) for v in self.seen.values())}))
+        for key in sorted(touched):
+            if key not in self.emitted and len(self.seen[key]) >= self.expected[key]:
+                self.emitted.add(key)
+                out += self._scene_rows(key)
+        return stream_rows(out)
 
 
 class MatcherActor:
-    """LightGlue (stage 5) on a batch of pairs; writes one match shard per scene in the batch.
+    """LightGlue (stage 5) on the ``pair`` rows of a batch (other rows pass through); writes one match
+    shard per scene in the batch.
 
     A pair that fails twice gets an ``error`` and is left out of the shard (a rerun retries it)."""
 
@@ -151,30 +273,22 @@ class MatcherActor:
         return matching.match_pair(self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device)
 
     def __call__(self, batch: Batch) -> Batch:
-        n = len(batch["name0"])
-        num_matches = np.zeros(n, np.int32)
-        errors = [""] * n
+        out = {col: batch[col].copy() for col in ROW}
         by_scene: dict[tuple[str, str], list[tuple[str, str, np.ndarray, np.ndarray]]] = defaultdict(list)
-        for i in range(n):
+        for i in map(int, np.flatnonzero(batch["kind"] == "pair")):
             dataset, scene = _scene_of(batch, i)
             name0, name1 = str(batch["name0"][i]), str(batch["name1"][i])
             h5 = scene_dir(self.output, dataset, scene) / "features.h5"
+            out["node"][i] = self.node
             try:
                 idx, scores = _retry(ATTEMPTS, lambda h5=h5, a=name0, b=name1: self._match(h5, a, b))  # type: ignore[misc]
             except Exception as exc:  # noqa: BLE001 - a per-pair failure is recorded, the batch goes on
-                errors[i] = f"{dataset}/{scene}: matching {name0} with {name1} failed ({type(exc).__name__}: {exc})"
+                what = f"{dataset}/{scene}: matching {name0} with {name1}"
+                out["error"][i] = f"{what} failed ({type(exc).__name__}: {exc})"
                 continue
-            num_matches[i] = len(idx)
+            out["num_matches"][i] = len(idx)
             by_scene[(dataset, scene)].append((name0, name1, idx, scores))
         for (dataset, scene), items in by_scene.items():
             shards = shard_dir(scene_dir(self.output, dataset, scene), "matches", self.key)
             write_shard(shards, match_rows(dataset, scene, items))
-        return {
-            "dataset": batch["dataset"],
-            "scene": batch["scene"],
-            "name0": batch["name0"],
-            "name1": batch["name1"],
-            "num_matches": num_matches,
-            "error": np.asarray(errors, dtype=object),
-            "node": np.full(n, self.node, dtype=object),
-        }
+        return out

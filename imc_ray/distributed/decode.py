@@ -23,15 +23,17 @@ def _object_array(values: list[Any]) -> np.ndarray:
 
 
 def decode_batch(batch: Batch, cfg: RunConfig) -> Batch:
-    """Decode and downscale images (CPU task). Adds ``image`` (h, w, 3) uint8, ``width``/``height``
-    of the full-resolution image, and ``error`` ("" when fine)."""
+    """Decode and downscale images (a CPU task, or the first model actor on CPU-only clusters). Adds
+    ``image`` (h, w, 3) uint8, ``width``/``height`` of the full-resolution image, and ``error`` ("" when
+    fine). Rows that need neither features nor a global descriptor (done before: resume) are not read."""
     images, widths, heights, errors = [], [], [], []
-    for path in batch["path"]:
-        try:
-            img, (w, h) = catalog.load_image(str(path), cfg.images, cfg.features.resize)
-            err = ""
-        except catalog.ImageError as exc:
-            img, w, h, err = np.zeros((1, 1, 3), np.uint8), 0, 0, str(exc)
+    for i, path in enumerate(batch["path"]):
+        img, w, h, err = np.zeros((1, 1, 3), np.uint8), 0, 0, ""
+        if batch["need_features"][i] or batch["need_global"][i]:
+            try:
+                img, (w, h) = catalog.load_image(str(path), cfg.images, cfg.features.resize)
+            except catalog.ImageError as exc:
+                err = str(exc)
         images.append(img)
         widths.append(w)
         heights.append(h)

@@ -3,11 +3,12 @@
 Flow::
 
     catalog (driver: paths only)
-      -> Ray Data: decode (CPU tasks) -> DINOv2 actor pool (only if a scene needs retrieval and weights
-         exist) -> ALIKED actor pool, writing feature shards; the driver sees metadata rows only
-      -> per scene, as soon as its images are done: a CPU task consolidates features.h5 and picks pairs
-      -> Ray Data: pair rows -> LightGlue actor pool, writing match shards
-      -> per scene, as soon as its pairs are done: a CPU task builds the database and maps (pycolmap)
+      -> one Ray Data stream: decode (CPU tasks) -> DINOv2 actor pool (only if a scene needs retrieval
+         and weights exist) -> ALIKED actor pool, writing feature shards -> scene gate: as a scene's last
+         image passes, its features.h5 is merged and its pairs chosen -> LightGlue actor pool, writing
+         match shards; the driver sees small rows only (``actors.ROW``)
+      -> per scene, as soon as its pairs are matched: CPU tasks check orientation, build the database
+         and map (pycolmap), while the stream goes on with the other scenes
       -> driver: submission.csv, run.json, summary table
 
 With a URI INPUT (``s3://...``, see :mod:`imc_ray.storage`) the images are first copied into a local
@@ -19,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import resource
+import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -36,10 +39,16 @@ from tqdm.auto import tqdm
 
 from imc_ray import report, storage
 from imc_ray.config import RunConfig, stage_keys
-from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor
+from imc_ray.distributed.actors import (
+    PROGRESS_FILE,
+    FeatureActor,
+    GlobalDescriptorActor,
+    MatcherActor,
+    SceneGate,
+)
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
-from imc_ray.stages import mapping, orientation, pairs, retrieval
+from imc_ray.stages import mapping, orientation, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
@@ -151,11 +160,8 @@ def run(
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        scene_pairs, methods = _features_and_pairs(scenes, out, cfg, keys, gpus, rep)
         upload_to = str(output) if dst is not None else None
-        results = _match_and_map(scenes, scene_pairs, out, cfg, keys, gpus, rep, upload_to)
-    for s in scenes:
-        rep["scenes"][f"{s.dataset}/{s.name}"]["pairs_method"] = methods.get((s.dataset, s.name), "")
+        results = _stream(scenes, out, cfg, keys, gpus, rep, upload_to) if scenes else []
     by_scene = {(r.dataset, r.scene): r for r in results}
     t0 = time.perf_counter()
     rows = [
@@ -221,19 +227,11 @@ def _upload_scene(result: mapping.SceneResult, scene: Path, uri: str, rel: str) 
     return result
 
 
-def _features_and_pairs(
-    scenes: list[Scene], output: Path, cfg: RunConfig, keys: dict[str, str], gpus: float, rep: dict[str, Any]
-) -> tuple[dict[tuple[str, str], list[tuple[str, str]]], dict[tuple[str, str], str]]:
-    """Image stages (resuming from committed shards); as each scene's images finish, a task merges
-    its features and picks its pairs."""
-    t0 = time.perf_counter()
-    needs_retrieval = any(len(s.images) >= cfg.retrieval.exhaustive_below for s in scenes)
-    reason = _dinov2_available(cfg) if needs_retrieval else "every scene is below retrieval.exhaustive_below"
-    use_dinov2 = needs_retrieval and reason is None
-    if needs_retrieval and not use_dinov2:
-        logger.warning("pair selection: DINOv2 unavailable, using the weights-free fallback. %s", reason)
-    rep["retrieval"] = {"dinov2": use_dinov2, "reason": reason or ""}
-
+def _image_items(
+    scenes: list[Scene], output: Path, keys: dict[str, str], use_dinov2: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """One stream item per input image, saying what it still needs (resume: committed shards count
+    as done); and how many need nothing."""
     items: list[dict[str, Any]] = []
     reused = 0
     for s in scenes:
@@ -244,68 +242,41 @@ def _features_and_pairs(
         )
         for r in s.images:
             need_f, need_g = r.name not in done_feat, use_dinov2 and r.name not in done_glob
-            if need_f or need_g:
-                items.append({**dataclasses.asdict(r), "need_features": need_f, "need_global": need_g})
-            else:
-                reused += 1
-    remaining = Counter((it["dataset"], it["scene"]) for it in items)
-    prepare = ray.remote(num_cpus=1)(pairs.run)
-    futures: dict[tuple[str, str], Any] = {}
-
-    def submit(key: tuple[str, str]) -> None:
-        futures[key] = prepare.remote(scene_dir(output, *key), cfg.retrieval, keys, use_dinov2)
-
-    for s in scenes:
-        if remaining[(s.dataset, s.name)] == 0:
-            submit((s.dataset, s.name))
-    n_kp = 0
-    per_node: Counter[str] = Counter()
-    if items:
-        batch_size = cfg.compute.image_batch_size
-        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // batch_size))
-        ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=batch_size, num_cpus=0.5)
-        pool = _pool(cfg, gpus)
-        if use_dinov2:
-            args = {"cfg": cfg, "output": str(output), "key": keys["global"]}
-            ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs=args, batch_size=batch_size, **pool)
-        args = {"cfg": cfg, "output": str(output), "key": keys["features"]}
-        ds = ds.map_batches(FeatureActor, fn_constructor_kwargs=args, batch_size=batch_size, **pool)
-        total = sum(len(s.images) for s in scenes)
-        with tqdm(total=total, initial=reused, desc="features", unit="img") as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for i in range(len(batch["name"])):
-                    key = (str(batch["dataset"][i]), str(batch["scene"][i]))
-                    err = str(batch["error"][i])
-                    if err:
-                        rep["errors"].append(
-                            {"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err}
-                        )
-                        logger.warning("skipped: %s", err)
-                    n_kp += int(batch["num_keypoints"][i])
-                    per_node[str(batch["node"][i])] += 1
-                    remaining[key] -= 1
-                    if remaining[key] == 0:
-                        submit(key)
-                bar.update(len(batch["name"]))
-    rep["stages"]["features"] = {
-        "seconds": time.perf_counter() - t0,
-        "images": len(items),
-        "reused": reused,
-        "keypoints": n_kp,
-        "images_per_node": _per_node(per_node),
-    }
-    t1 = time.perf_counter()
-    scene_pairs, methods = {}, {}
-    for key, fut in futures.items():
-        scene_pairs[key], methods[key] = ray.get(fut)
-        logger.info("scene %s/%s: %d pairs chosen by %s", *key, len(scene_pairs[key]), methods[key])
-    rep["stages"]["pairs"] = {"seconds": time.perf_counter() - t1, "pairs": sum(len(p) for p in scene_pairs.values())}
-    return scene_pairs, methods
+            reused += not (need_f or need_g)
+            items.append({**dataclasses.asdict(r), "need_features": need_f, "need_global": need_g})
+    return items, reused
 
 
-def _match_and_map(
+def _split_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
+    """Cut the stream into blocks of at most ``rows`` rows (a scene's pairs leave the gate as one block;
+    each block goes to one matcher call), without holding rows back.
+
+    Ray Data's streaming repartition runs as 1-CPU tasks and has no public ``num_cpus``: on a machine
+    whose CPUs the two model pools hold, it would wait for feature extraction to end (a whole-dataset
+    barrier). Splitting rows is bookkeeping, so it is given 0 CPUs through the logical operator.
+    """
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    remote_args = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    if isinstance(getattr(remote_args, "ray_remote_args", None), dict):
+        remote_args.ray_remote_args["num_cpus"] = 0  # type: ignore[union-attr]
+    else:
+        logger.warning("this Ray version hides the repartition's resources: matching may wait for features")
+    return ds
+
+
+def _watch_features(progress: Path, bar: Any, stop: threading.Event) -> None:
+    """Driver thread: move the features bar from the scene gate's progress file until ``stop``."""
+    while not stop.wait(1.0):
+        try:
+            seen = int(json.loads(progress.read_text())["images"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if seen > bar.n:
+            bar.update(min(seen, bar.total) - bar.n)
+
+
+def _stream(
     scenes: list[Scene],
-    scene_pairs: dict[tuple[str, str], list[tuple[str, str]]],
     output: Path,
     cfg: RunConfig,
     keys: dict[str, str],
@@ -313,25 +284,41 @@ def _match_and_map(
     rep: dict[str, Any],
     upload_to: str | None = None,
 ) -> list[mapping.SceneResult]:
-    """Match every pair not matched yet; as each scene's pairs finish, its mapping starts as a CPU task
-    (followed, when ``upload_to`` is an OUTPUT URI, by a task that uploads the scene's folder there)."""
-    t0 = time.perf_counter()
+    """Every image through one Ray Data stream, then each scene's mapping as a CPU task.
+
+    images -> decode (CPU tasks; inside the first model actor when no GPU is used) -> [DINOv2 pool]
+    -> ALIKED pool -> scene gate (features merged and pairs chosen per scene as its last image passes)
+    -> LightGlue pool -> driver. One stream, so the actor pools share the cluster and no scene waits for
+    the others' images: matching starts with the first complete scene. As each scene's pairs are all
+    matched, its orientation check and mapping start as CPU tasks (followed, when ``upload_to`` is an
+    OUTPUT URI, by a task that uploads the scene's folder there).
+    """
+    wall0 = time.time()
+    needs_retrieval = any(len(s.images) >= cfg.retrieval.exhaustive_below for s in scenes)
+    reason = _dinov2_available(cfg) if needs_retrieval else "every scene is below retrieval.exhaustive_below"
+    use_dinov2 = needs_retrieval and reason is None
+    if needs_retrieval and not use_dinov2:
+        logger.warning("pair selection: DINOv2 unavailable, using the weights-free fallback. %s", reason)
+    rep["retrieval"] = {"dinov2": use_dinov2, "reason": reason or ""}
+    items, reused_images = _image_items(scenes, output, keys, use_dinov2)
+
     by_key = {(s.dataset, s.name): s for s in scenes}
     map_task = ray.remote(num_cpus=cfg.compute.mapping_cpus)(mapping.run)
     map_cfg = cfg.mapping
     if map_cfg.num_threads == -1:  # pycolmap's -1 means every core of the machine, not the task's share
         map_cfg = dataclasses.replace(map_cfg, num_threads=cfg.compute.mapping_cpus)
-    futures = []
-
     orient_task = ray.remote(num_cpus=1)(orientation.run)
     upload_task = ray.remote(num_cpus=0.25)(_upload_scene)
+    futures = []
+    submitted: set[tuple[str, str]] = set()
 
-    def submit(key: tuple[str, str]) -> None:
+    def submit(key: tuple[str, str], num_pairs: int) -> None:
+        submitted.add(key)
         s = by_key[key]
         sd = scene_dir(output, *key)
         ready = None
-        if cfg.matching.rotation_check and scene_pairs[key]:  # mapping waits for it (an ObjectRef argument)
-            ready = orient_task.remote(sd, s.image_dir, cfg, keys, scene_pairs[key])
+        if cfg.matching.rotation_check and num_pairs:  # mapping waits for it (an ObjectRef argument)
+            ready = orient_task.remote(sd, s.image_dir, cfg, keys)
         result = map_task.remote(  # type: ignore[call-arg]  # ray's stubs type at most 7 arguments
             sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys, ready
         )
@@ -339,55 +326,107 @@ def _match_and_map(
             result = upload_task.remote(result, sd, upload_to, f"{key[0]}/{key[1]}")
         futures.append(result)
 
-    rows: list[dict[str, str]] = []
-    reused = 0
-    for key in sorted(scene_pairs):
-        done = done_keys(shard_dir(scene_dir(output, *key), "matches", keys["matches"]), ("name0", "name1"))
-        todo = [(a, b) for a, b in scene_pairs[key] if (a, b) not in done]
-        reused += len(scene_pairs[key]) - len(todo)
-        rows += [{"dataset": key[0], "scene": key[1], "name0": a, "name1": b} for a, b in todo]
-    remaining = Counter((r["dataset"], r["scene"]) for r in rows)
-    for key in sorted(scene_pairs):
-        if remaining[key] == 0:
-            submit(key)
-    n_matches = 0
-    per_node: Counter[str] = Counter()
-    if rows:
-        batch_size = cfg.compute.pair_batch_size
-        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // batch_size))
-        args = {"cfg": cfg, "output": str(output), "key": keys["matches"]}
-        ds = ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=batch_size, **_pool(cfg, gpus))
-        with tqdm(total=len(rows) + reused, initial=reused, desc="matching", unit="pair") as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                finished: dict[tuple[str, str], int] = defaultdict(int)
-                for i in range(len(batch["name0"])):
-                    key = (str(batch["dataset"][i]), str(batch["scene"][i]))
-                    finished[key] += 1
-                    n_matches += int(batch["num_matches"][i])
-                    per_node[str(batch["node"][i])] += 1
-                    if batch["error"][i]:
-                        rep["errors"].append(
-                            {
-                                "dataset": key[0],
-                                "scene": key[1],
-                                "pair": [str(batch["name0"][i]), str(batch["name1"][i])],
-                                "error": str(batch["error"][i]),
-                            }
-                        )
-                        logger.warning("%s", batch["error"][i])
-                for key, n in finished.items():
-                    remaining[key] -= n
-                    if remaining[key] == 0:
-                        submit(key)
-                bar.update(len(batch["name0"]))
-    rep["stages"]["matching"] = {
-        "seconds": time.perf_counter() - t0,
-        "pairs": len(rows),
-        "reused": reused,
-        "matches": n_matches,
-        "pairs_per_node": _per_node(per_node),
+    use_gpu = cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and gpus > 0)
+    image_batch, pair_batch = cfg.compute.image_batch_size, cfg.compute.pair_batch_size
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // image_batch))
+    if use_gpu:  # CPU decode workers feed the GPU actors; CPU-only, the first model actor decodes
+        ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=image_batch, num_cpus=0.5)
+    pool = _pool(cfg, gpus)
+    if use_dinov2:
+        args = {"cfg": cfg, "output": str(output), "key": keys["global"]}
+        ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs=args, batch_size=image_batch, **pool)
+    args = {"cfg": cfg, "output": str(output), "key": keys["features"]}
+    ds = ds.map_batches(FeatureActor, fn_constructor_kwargs=args, batch_size=image_batch, **pool)
+    expected = {key: len(s.images) for key, s in by_key.items()}
+    gate_args = {"cfg": cfg, "output": str(output), "keys": keys, "use_dinov2": use_dinov2, "expected": expected}
+    ds = ds.map_batches(
+        SceneGate,
+        fn_constructor_kwargs=gate_args,
+        batch_size=None,
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=0,
+        label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},  # the driver's node
+    )
+    ds = _split_blocks(ds, pair_batch)  # spread a scene's pairs over the matchers
+    args = {"cfg": cfg, "output": str(output), "key": keys["matches"]}
+    ds = ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=pair_batch, **_pool(cfg, gpus))
+
+    feat = {"images": len(items) - reused_images, "reused": reused_images, "keypoints": 0}
+    match = {"pairs": 0, "reused": 0, "matches": 0}
+    chosen = {"seconds": 0.0, "pairs": 0}
+    images_per_node: Counter[str] = Counter()
+    pairs_per_node: Counter[str] = Counter()
+    remaining: Counter[tuple[str, str]] = Counter()  # pairs announced by scene rows minus pairs matched
+    announced: dict[tuple[str, str], int] = {}  # scene -> pairs chosen
+    features_done, first_done = wall0, float("inf")  # Unix times: last and first scene out of extraction
+    bars = {
+        "image": tqdm(total=len(items), desc="features", unit="img", position=0),
+        "pair": tqdm(total=0, desc="matching", unit="pair", position=1),
     }
+    progress = output / PROGRESS_FILE
+    progress.unlink(missing_ok=True)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_features, args=(progress, bars["image"], stop), daemon=True)
+    watcher.start()
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            touched = set()
+            for i, kind in enumerate(batch["kind"]):
+                key = (str(batch["dataset"][i]), str(batch["scene"][i]))
+                err = str(batch["error"][i])
+                if kind == "image":
+                    feat["keypoints"] += int(batch["num_keypoints"][i])
+                    if err:
+                        rep["errors"].append(
+                            {"dataset": key[0], "scene": key[1], "image": str(batch["name"][i]), "error": err}
+                        )
+                        logger.warning("skipped: %s", err)
+                    if batch["node"][i]:  # empty for images done before (resume)
+                        images_per_node[str(batch["node"][i])] += 1
+                elif kind == "scene":
+                    done_at = float(batch["done_at"][i])
+                    features_done, first_done = max(features_done, done_at), min(first_done, done_at)
+                    todo = int(batch["todo"][i])
+                    announced[key] = int(batch["num_pairs"][i])
+                    rep["scenes"][f"{key[0]}/{key[1]}"]["pairs_method"] = str(batch["method"][i])
+                    remaining[key] += todo
+                    match["pairs"] += todo
+                    match["reused"] += announced[key] - todo
+                    chosen["seconds"] += float(batch["seconds"][i])
+                    chosen["pairs"] += announced[key]
+                    bars["pair"].total += todo
+                    bars["pair"].refresh()
+                else:
+                    remaining[key] -= 1
+                    match["matches"] += int(batch["num_matches"][i])
+                    pairs_per_node[str(batch["node"][i])] += 1
+                    if err:
+                        pair = [str(batch["name0"][i]), str(batch["name1"][i])]
+                        rep["errors"].append({"dataset": key[0], "scene": key[1], "pair": pair, "error": err})
+                        logger.warning("%s", err)
+                    bars["pair"].update(1)
+                touched.add(key)
+            for key in sorted(touched):
+                if key in announced and remaining[key] == 0:
+                    submit(key, announced.pop(key))
+    finally:
+        stop.set()
+        watcher.join()
+        progress.unlink(missing_ok=True)
+        bars["image"].n = bars["image"].total
+        for bar in bars.values():
+            bar.close()
+    if set(by_key) - submitted:  # cannot happen unless Ray Data lost rows; never map half-matched scenes
+        lost = ", ".join("/".join(k) for k in sorted(set(by_key) - submitted))
+        raise RuntimeError(f"the stream ended before these scenes were matched: {lost}; run again to resume")
+    # stages overlap: features ends as the last scene leaves extraction; matching runs from the first
+    # scene's pairs to the last match
+    rep["stages"]["features"] = {"seconds": features_done - wall0, **feat}
+    rep["stages"]["features"]["images_per_node"] = _per_node(images_per_node)
+    rep["stages"]["pairs"] = chosen
     t1 = time.perf_counter()
+    seconds = max(0.0, time.time() - min(first_done, time.time()))
+    rep["stages"]["matching"] = {"seconds": seconds, **match, "pairs_per_node": _per_node(pairs_per_node)}
     results: list[mapping.SceneResult] = []
     with tqdm(total=len(futures), desc="mapping", unit="scene") as bar:
         pending = list(futures)

@@ -152,11 +152,9 @@ def roll_suspects(rolls: dict[tuple[str, str], float], counts: dict[tuple[str, s
     return out
 
 
-def run(
-    scene_dir: Path, image_dir: Path, cfg: RunConfig, keys: dict[str, str], pairs: list[tuple[str, str]]
-) -> dict[str, int]:
-    """Files in, files out for one scene (rule in the module docstring). Returns image -> degrees
-    for the images that were turned (empty for most scenes)."""
+def run(scene_dir: Path, image_dir: Path, cfg: RunConfig, keys: dict[str, str]) -> dict[str, int]:
+    """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
+    Returns image -> degrees for the images that were turned (empty for most scenes)."""
     record = scene_dir / "orientation.json"
     m = cfg.matching
     key = f"{RULE_VERSION}-{keys['matches']}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
@@ -182,7 +180,7 @@ def run(
     rotated: dict[str, int] = {}
     if plan:
         try:
-            rotated = _fix(scene_dir, image_dir, cfg, keys, pairs, feats, counts, plan, rolled)
+            rotated = _fix(scene_dir, image_dir, cfg, keys, sorted(matches), feats, counts, plan, rolled)
         except Exception:
             logger.exception("%s: orientation check failed; mapping goes on without it", scene_dir)
     write_text_atomic(record, json.dumps({"key": key, "suspects": sorted(plan), "rotated": rotated}, indent=1))
