@@ -48,13 +48,10 @@ def scene_pairs(names: list[str], exhaustive_below: int, pairs_file: Path | None
     """
     ordered = sorted(names)
     if len(ordered) >= exhaustive_below and pairs_file is not None and pairs_file.is_file():
-        known = set(ordered)
-        pairs = []
-        for line in pairs_file.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] in known and parts[1] in known and parts[0] != parts[1]:
-                pairs.append((min(parts), max(parts)))
-        return sorted(set(pairs)), f"imc-ray pairs.txt ({pairs_file})"
+        from imc_ray.formats import read_pairs
+
+        pairs = {(min(a, b), max(a, b)) for a, b in read_pairs(pairs_file, ordered) if a != b}
+        return sorted(pairs), f"imc-ray pairs.txt ({pairs_file})"
     if len(ordered) >= exhaustive_below:
         logger.warning(
             "%d images >= retrieval.exhaustive_below=%d and no imc-ray pairs.txt: matching every pair",

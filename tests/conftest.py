@@ -42,6 +42,19 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+SMALL = ("r_20.png", "r_28.png", "r_33.png", "r_36.png", "r_43.png", "r_46.png")
+"""Six of the bundled lego views (15 pairs): for tests of how a run is launched, not of what it finds."""
+
+
+def small_sample(root: Path) -> Path:
+    """``root/nerf_synthetic/lego/images`` with the :data:`SMALL` views; returns ``root``."""
+    images = root / "nerf_synthetic" / "lego" / "images"
+    images.mkdir(parents=True)
+    for name in SMALL:
+        shutil.copy(SAMPLE_SCENE / "images" / name, images / name)
+    return root
+
+
 @pytest.fixture(scope="session")
 def sample_input(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled scene plus an unreadable file in it, and a one-image scene."""

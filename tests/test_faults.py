@@ -19,7 +19,8 @@ from imc_ray.formats import FEATURE_SHARD_SCHEMA, MATCH_SHARD_SCHEMA, read_shard
 from .conftest import SAMPLE_CONFIG, assert_same_poses, read_poses
 
 Run = tuple[Path, dict[str, Any]]
-LEGO = ("nerf_synthetic", "lego")
+SCENE = ("odd", "mixed")
+"""The scene used: 6 unusual but readable lego views and 5 bad files (15 pairs), small on purpose."""
 
 pytestmark = pytest.mark.slow
 
@@ -59,25 +60,26 @@ def _kill_when(cmd: list[str], ready: Any, timeout: float = 420.0) -> None:
 @pytest.mark.parametrize(
     ("point", "glob"),
     [
-        ("extraction", "nerf_synthetic/lego/shards/features-*/*.parquet"),
-        ("matching", "nerf_synthetic/lego/shards/matches-*/*.parquet"),
-        ("mapping", "nerf_synthetic/lego/database.db"),
+        ("extraction", "odd/mixed/shards/features-*/*.parquet"),
+        ("matching", "odd/mixed/shards/matches-*/*.parquet"),
+        ("mapping", "odd/mixed/database.db"),
     ],
 )
 def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, sample_run: Run, tmp_path: Path) -> None:
-    """On the lego scene of the sample alone (its 10 views and broken.jpg), compared with that scene of the
-    uninterrupted ``sample_run``: a scene's outputs do not depend on the other scenes of a run."""
+    """On the ``odd/mixed`` scene of the sample alone, compared with that scene of the uninterrupted
+    ``sample_run``: a scene's outputs do not depend on the other scenes of a run."""
     clean_out, _ = sample_run
-    clean = read_poses(clean_out / "submission.csv", LEGO)
-    lego = tmp_path / "input"
-    shutil.copytree(sample_input.joinpath(*LEGO), lego.joinpath(*LEGO))
+    clean = read_poses(clean_out / "submission.csv", SCENE)
+    assert sum(p is not None for p in clean.values()) >= 5
+    scene = tmp_path / "input"
+    shutil.copytree(sample_input.joinpath(*SCENE), scene.joinpath(*SCENE))
     out = tmp_path / "out"
-    _kill_when(_cli(lego, out), lambda: any(out.glob(glob)))
+    _kill_when(_cli(scene, out), lambda: any(out.glob(glob)))
     assert not (out / "submission.csv").exists()
     # every committed shard is whole: readers see complete files or none (temporary names start with '.')
     for shards in out.glob("*/*/shards/*"):
         schema = MATCH_SHARD_SCHEMA if shards.name.startswith("matches") else FEATURE_SHARD_SCHEMA
         read_shards(shards, schema)
-    done = subprocess.run(_cli(lego, out), env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 3, done.stderr[-3000:]  # partial: broken.jpg
+    done = subprocess.run(_cli(scene, out), env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 3, done.stderr[-3000:]  # partial: the bad files
     assert_same_poses(read_poses(out / "submission.csv"), clean)

@@ -22,7 +22,7 @@ import pytest
 
 from imc_ray import cli, storage
 
-from .conftest import SAMPLE, SAMPLE_CONFIG, assert_same_poses, read_poses
+from .conftest import SAMPLE_CONFIG, SMALL, assert_same_poses, read_poses, small_sample
 
 BUCKET = "imc-ray-test"
 KEY_ID = "AKIDTESTTESTTESTTEST"
@@ -228,9 +228,10 @@ def _keys(fs: pafs.FileSystem, prefix: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def s3_run(s3: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The bundled sample uploaded to ``s3://BUCKET/in``, then ``imc-ray run s3://.../in s3://.../out``."""
+    """Six bundled views uploaded to ``s3://BUCKET/in``, then ``imc-ray run s3://.../in s3://.../out``."""
     fs = _fs(s3)
-    pafs.copy_files(str(SAMPLE), f"{BUCKET}/in", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    small = str(small_sample(tmp_path_factory.mktemp("small")))
+    pafs.copy_files(small, f"{BUCKET}/in", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     before = _keys(fs, "in")
     work = tmp_path_factory.mktemp("work1")
     proc = _run(s3, work)
@@ -258,14 +259,14 @@ def test_run_reads_and_writes_s3(s3_run: dict[str, Any], tmp_path: Path) -> None
 
     with open(_download(fs, "out/submission.csv", tmp_path / "submission.csv")) as f:
         rows = [r for r in csv.DictReader(f) if (r["dataset"], r["scene"]) == ("nerf_synthetic", "lego")]
-    assert len(rows) == 10
-    assert sum("nan" not in r["rotation_matrix"] for r in rows) >= 8
+    assert len(rows) == len(SMALL)
+    assert sum("nan" not in r["rotation_matrix"] for r in rows) >= 5
 
     text = _download(fs, "out/run.json", tmp_path / "run.json").read_text()
     rep = json.loads(text)
     assert rep["input"] == f"s3://{BUCKET}/in" and rep["output"] == f"s3://{BUCKET}/out"
-    assert rep["stages"]["input"]["images"] == 10 and rep["stages"]["input"]["copied"] == 10
-    assert rep["scenes"]["nerf_synthetic/lego"]["num_registered"] >= 8
+    assert rep["stages"]["input"]["images"] == len(SMALL) and rep["stages"]["input"]["copied"] == len(SMALL)
+    assert rep["scenes"]["nerf_synthetic/lego"]["num_registered"] >= 5
     proc: subprocess.CompletedProcess[str] = s3_run["proc"]
     for secret in (SECRET_ENV, SECRET_URI):
         assert secret not in text and secret not in proc.stdout and secret not in proc.stderr
@@ -280,8 +281,8 @@ def test_rerun_resumes_from_the_bucket_with_an_empty_work_dir(s3: str, s3_run: d
     assert proc.returncode == cli.EXIT_OK, proc.stderr[-4000:]
     rep = json.loads(_download(fs, "out/run.json", tmp_path / "run.json").read_text())
     st = rep["stages"]
-    assert st["features"]["images"] == 0 and st["features"]["reused"] == 10
-    assert st["matching"]["pairs"] == 0 and st["matching"]["reused"] == 45
+    assert st["features"]["images"] == 0 and st["features"]["reused"] == len(SMALL)
+    assert st["matching"]["pairs"] == 0 and st["matching"]["reused"] == 15
     assert st["mapping"]["reused"] == 1
     assert rep["work_dir"] == str((tmp_path / "fresh-work").resolve())
     assert_same_poses(read_poses(_download(fs, "out/submission.csv", tmp_path / "again.csv")), first)
