@@ -8,7 +8,7 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
       <dataset>/<scene>/
         features.h5                hloc-compatible local features, one group per image name
         global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
-        pairs.txt                  "name0 name1" per line (hloc pairs file)
+        pairs.txt                  "name0 name1" per line (hloc pairs file; see read_pairs for names with spaces)
         matches.h5                 hloc-compatible matches, one group per pair_key(name0, name1)
         shards/global-<key>/*.parquet    Arrow shards written by the DINOv2 actors (one writer each)
         shards/features-<key>/*.parquet  Arrow shards written by the ALIKED actors (one writer each)

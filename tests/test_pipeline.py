@@ -119,8 +119,8 @@ def test_cli_evaluate_on_run(sample_run: Run, capsys: pytest.CaptureFixture[str]
 
 
 def test_scenes_stream_through_one_pipeline(sample_run: Run) -> None:
-    """No whole-dataset barrier: the first scene (lego, 11 images) is matched, and the small scenes are
-    mapped, while images of later scenes are still being extracted. Told by the files' write times."""
+    """No whole-dataset barrier: the first scene (lego, 11 images) is matched while images of later scenes
+    are still being extracted. Told by the files' write times."""
     out, rep = sample_run
 
     def written(scene: str, kind: str) -> list[float]:
