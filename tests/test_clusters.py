@@ -40,12 +40,12 @@ def pile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("pile")
     images = root / "input" / "pile" / "mix" / "images"
     images.mkdir(parents=True)
-    fox = sorted(p.name for p in (FOX / "images").iterdir())[:6]
-    lego = ["r_33.png", "r_36.png", "r_43.png", "r_86.png", "r_99.png", "r_84.png"]
+    fox = sorted(p.name for p in (FOX / "images").iterdir())[:5]
+    lego = ["r_33.png", "r_36.png", "r_43.png", "r_86.png", "r_99.png"]
     _copy_scene(FOX, fox, images, root / "truth" / "pile" / "fox")
     _copy_scene(SAMPLE_SCENE, lego, images, root / "truth" / "pile" / "lego")
     rng = np.random.default_rng(7)
-    for i in range(3):  # outliers: images that belong to no scene
+    for i in range(2):  # outliers: images that belong to no scene
         Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(images / f"outlier{i}.jpg")
     return root / "input", root / "truth"
 
@@ -58,12 +58,12 @@ def test_pile_is_split_into_scenes(ray_local: None, pile: tuple[Path, Path], tmp
     assert len(scene["model_sizes"]) >= 2
     with open(out / "submission.csv") as f:
         labels = {r["image"]: r["scene"] for r in csv.DictReader(f)}
-    assert {labels[f"outlier{i}.jpg"] for i in range(3)} == {"outliers"}
+    assert {labels[f"outlier{i}.jpg"] for i in range(2)} == {"outliers"}
     result = evaluate.evaluate_clusters(out / "submission.csv", truth)
     [pile_score] = result["datasets"]
     assert pile_score["clusterness"] >= 0.95
     chosen = {s["scene"]: s for s in pile_score["per_scene"]}
     assert set(chosen) == {"fox", "lego"}
-    assert all(s["overlap"] >= 5 for s in chosen.values())  # every scene recovered
+    assert all(s["overlap"] >= 4 for s in chosen.values())  # every scene recovered (5 images each)
     assert chosen["fox"]["cluster"] != chosen["lego"]["cluster"]
     assert cli.main(["evaluate", str(out / "submission.csv"), "--truth", str(truth), "--clusters"]) == 0
