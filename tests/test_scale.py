@@ -48,3 +48,15 @@ def test_driver_memory_flat_from_2_to_8_scenes(tmp_path: Path) -> None:
     rss2, rss8 = float(small["driver_peak_rss_mb"]), float(large["driver_peak_rss_mb"])  # type: ignore[arg-type]
     print(f"driver peak RSS: 2 scenes {rss2:.0f} MB, 8 scenes {rss8:.0f} MB ({rss8 / rss2:.2f}x)")
     assert rss8 <= 1.2 * rss2
+
+
+def test_peak_memory_is_the_drivers_own() -> None:
+    """A driver exec'd by a process that once held 1.5 GB reports its own peak (``ru_maxrss`` would not)."""
+    report = "from imc_ray.distributed.pipeline import _peak_rss_mb; print(_peak_rss_mb())"
+    parent = (
+        "import os, sys; b = bytearray(1536 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+        f"os.execv(sys.executable, [sys.executable, '-c', {report!r}])"
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 0 < float(done.stdout.strip()) < 1200
