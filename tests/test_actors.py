@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from imc_ray.config import build_config
+from imc_ray.config import build_config, stage_keys
 from imc_ray.distributed import actors
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import FEATURE_SHARD_SCHEMA, read_shards, shard_dir
@@ -72,3 +73,26 @@ def test_decode_errors_pass_through_untouched(tmp_path: Path) -> None:
     out = actors.FeatureActor(CFG, str(tmp_path), key="k")(decoded)
     assert out["num_keypoints"][1] == 0 and "missing.png" in out["error"][1]
     assert batch["image"][0].shape == (320, 320, 3)
+
+
+def test_scene_gate_emits_each_scene_once_when_its_last_image_passes(tmp_path: Path) -> None:
+    keys = stage_keys(CFG)
+    rows = actors.FeatureActor(CFG, str(tmp_path), key=keys["features"])(_batch(["r_20.png", "r_28.png", "r_33.png"]))
+    gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected={("ds", "sc"): 3})
+    part = {col: rows[col][:2] for col in rows}
+    first = gate(part)
+    assert list(first["kind"]) == ["image", "image"]  # two of three images: nothing to match yet
+    assert json.loads((tmp_path / actors.PROGRESS_FILE).read_text()) == {"images": 2}
+    last = gate({col: rows[col][2:] for col in rows})
+    kinds = list(last["kind"])
+    assert kinds == ["image", "scene", "pair", "pair", "pair"]
+    scene = kinds.index("scene")
+    assert last["num_pairs"][scene] == last["todo"][scene] == 3 and last["method"][scene] == "exhaustive"
+    assert {(a, b) for a, b, k in zip(last["name0"], last["name1"], kinds, strict=True) if k == "pair"} == {
+        ("r_20.png", "r_28.png"),
+        ("r_20.png", "r_33.png"),
+        ("r_28.png", "r_33.png"),
+    }
+    assert (tmp_path / "ds" / "sc" / "features.h5").is_file()
+    assert list(gate(part)["kind"]) == ["image", "image"]  # a retried batch: the scene is not emitted again
+    assert json.loads((tmp_path / actors.PROGRESS_FILE).read_text()) == {"images": 3}

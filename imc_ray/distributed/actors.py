@@ -225,6 +225,7 @@ class SceneGate:
         self.seen: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.emitted: set[tuple[str, str]] = set()
         self.progress = self.output / PROGRESS_FILE
+        self.num_seen = 0
 
     def _scene_rows(self, key: tuple[str, str]) -> list[dict[str, Any]]:
         done_at = time.time()
@@ -244,9 +245,12 @@ class SceneGate:
         touched = set()
         for i in range(len(batch["kind"])):
             key = _scene_of(batch, i)
-            self.seen[key].add(str(batch["name"][i]))
+            name = str(batch["name"][i])
+            if name not in self.seen[key]:
+                self.seen[key].add(name)
+                self.num_seen += 1
             touched.add(key)
-        write_text_atomic(self.progress, json.dumps({"images": sum(len(v) for v in self.seen.values())}))
+        write_text_atomic(self.progress, json.dumps({"images": self.num_seen}))
         for key in sorted(touched):
             if key not in self.emitted and len(self.seen[key]) >= self.expected[key]:
                 self.emitted.add(key)
