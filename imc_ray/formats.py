@@ -5,6 +5,7 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
     OUTPUT/
       run.json                     resolved config, versions, per-stage seconds and counts, per-image errors
       submission.csv               dataset,scene,image,rotation_matrix,translation_vector (world-to-camera, ';'-joined)
+      .stream-progress.json        during a run only: images past feature extraction (the driver's progress bar)
       <dataset>/<scene>/
         features.h5                hloc-compatible local features, one group per image name
         global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
