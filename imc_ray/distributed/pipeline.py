@@ -70,14 +70,18 @@ def ray_cluster(address: str | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
+def _use_gpu(cfg: RunConfig, gpus: float) -> bool:
+    """Whether the model actors take GPUs (``compute.device``; ``auto``: when the cluster has GPUs)."""
+    return cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and gpus > 0)
+
+
 def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
     """Actor-pool arguments: one GPU per actor where the cluster has GPUs, else CPUs.
 
     ``compute.max_actors`` > 0 sets the pool's upper bound even beyond what the cluster has now, so an
     autoscaling cluster grows into it; 0 sizes the pool to the resources present at the start."""
     c = cfg.compute
-    use_gpu = c.device == "cuda" or (c.device == "auto" and gpus > 0)
-    if use_gpu:
+    if _use_gpu(cfg, gpus):
         size = max(1, int(gpus / c.gpus_per_actor))
         res: dict[str, Any] = {"num_gpus": c.gpus_per_actor, "num_cpus": c.cpus_per_actor}
     else:
@@ -268,9 +272,9 @@ def _split_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
     barrier). Splitting rows is bookkeeping, so it is given 0 CPUs through the logical operator.
     """
     ds = ds.repartition(target_num_rows_per_block=rows)
-    remote_args = getattr(getattr(ds, "_logical_plan", None), "dag", None)
-    if isinstance(getattr(remote_args, "ray_remote_args", None), dict):
-        remote_args.ray_remote_args["num_cpus"] = 0  # type: ignore[union-attr]
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)  # the StreamingRepartition operator
+    if isinstance(getattr(op, "ray_remote_args", None), dict):
+        op.ray_remote_args["num_cpus"] = 0  # type: ignore[union-attr]
     else:
         logger.warning("this Ray version hides the repartition's resources: matching may wait for features")
     return ds
@@ -338,10 +342,9 @@ def _stream(
             result = upload_task.remote(result, sd, upload_to, f"{key[0]}/{key[1]}")
         futures.append(result)
 
-    use_gpu = cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and gpus > 0)
     image_batch, pair_batch = cfg.compute.image_batch_size, cfg.compute.pair_batch_size
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // image_batch))
-    if use_gpu:  # CPU decode workers feed the GPU actors; CPU-only, the first model actor decodes
+    if _use_gpu(cfg, gpus):  # CPU decode workers feed the GPU actors; CPU-only, the first model actor decodes
         ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=image_batch, num_cpus=0.5)
     pool = _pool(cfg, gpus)
     if use_dinov2:
@@ -361,7 +364,7 @@ def _stream(
     )
     ds = _split_blocks(ds, pair_batch)  # spread a scene's pairs over the matchers
     args = {"cfg": cfg, "output": str(output), "key": keys["matches"]}
-    ds = ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=pair_batch, **_pool(cfg, gpus))
+    ds = ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=pair_batch, **pool)
 
     feat = {"images": len(items) - reused_images, "reused": reused_images, "keypoints": 0}
     match = {"pairs": 0, "reused": 0, "matches": 0}
