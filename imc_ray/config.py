@@ -131,6 +131,12 @@ class ComputeConfig:
     cpus_per_actor: float = 1.0
     threads_per_actor: int = 1
     """torch intra-op threads in each model actor."""
+    share_cpus: bool = True
+    """Without GPUs, the model pools (DINOv2, ALIKED, LightGlue) share the CPUs: each pool may grow to
+    ``CPUs / cpus_per_actor`` actors and each actor asks Ray for ``cpus_per_actor`` divided by the number
+    of pools. Extraction and matching mostly take turns (a scene's pairs exist once its images are
+    extracted), so whole-CPU actors left one pool's CPUs idle while the other worked. False: each actor
+    reserves ``cpus_per_actor``."""
     max_actors: int = 0
     """Upper bound of each actor pool, also beyond the resources present at the start (autoscaling
     clusters grow into it); 0: as many as the cluster's CPUs (or GPUs) allow at the start."""

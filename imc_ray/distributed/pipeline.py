@@ -75,8 +75,9 @@ def _use_gpu(cfg: RunConfig, gpus: float) -> bool:
     return cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and gpus > 0)
 
 
-def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
-    """Actor-pool arguments: one GPU per actor where the cluster has GPUs, else CPUs.
+def _pool(cfg: RunConfig, gpus: float, pools: int) -> dict[str, Any]:
+    """Arguments of each of the stream's ``pools`` model-actor pools: one GPU per actor where the cluster
+    has GPUs, else CPUs (shared by the pools with ``compute.share_cpus``).
 
     ``compute.max_actors`` > 0 sets the pool's upper bound even beyond what the cluster has now, so an
     autoscaling cluster grows into it; 0 sizes the pool to the resources present at the start."""
@@ -86,7 +87,7 @@ def _pool(cfg: RunConfig, gpus: float) -> dict[str, Any]:
         res: dict[str, Any] = {"num_gpus": c.gpus_per_actor, "num_cpus": c.cpus_per_actor}
     else:
         size = max(1, int(ray.cluster_resources().get("CPU", 1) / c.cpus_per_actor))
-        res = {"num_cpus": c.cpus_per_actor}
+        res = {"num_cpus": c.cpus_per_actor / pools if c.share_cpus else c.cpus_per_actor}
     if c.actor_resource:
         units = int(ray.cluster_resources().get(c.actor_resource, 0))
         if units == 0:
@@ -346,7 +347,7 @@ def _stream(
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // image_batch))
     if _use_gpu(cfg, gpus):  # CPU decode workers feed the GPU actors; CPU-only, the first model actor decodes
         ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=image_batch, num_cpus=0.5)
-    pool = _pool(cfg, gpus)
+    pool = _pool(cfg, gpus, pools=3 if use_dinov2 else 2)
     if use_dinov2:
         args = {"cfg": cfg, "output": str(output), "key": keys["global"]}
         ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs=args, batch_size=image_batch, **pool)
