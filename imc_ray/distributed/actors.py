@@ -37,7 +37,7 @@ from imc_ray.formats import (
     write_shard,
     write_text_atomic,
 )
-from imc_ray.stages import features, matching, pairs, retrieval
+from imc_ray.stages import features, matching, orientation, pairs, retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ def select_device(compute: ComputeConfig) -> torch.device:
             raise RuntimeError("compute.device=cuda but this worker has no CUDA device; use compute.device=auto")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def check_orientation(scene_dir: Path, image_dir: Path, cfg: RunConfig, keys: dict[str, str]) -> dict[str, int]:
+    """Task body of stage 5b (:func:`orientation.run`): one torch thread per CPU the task holds
+    (``compute.mapping_cpus``, as the scene's mapping task after it); returns {image: degrees turned}."""
+    torch.set_num_threads(max(1, cfg.compute.mapping_cpus))
+    return orientation.run(scene_dir, image_dir, cfg, keys)
 
 
 def _retry(attempts: int, fn: Callable[[], T]) -> T:

@@ -45,10 +45,11 @@ from imc_ray.distributed.actors import (
     GlobalDescriptorActor,
     MatcherActor,
     SceneGate,
+    check_orientation,
 )
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
-from imc_ray.stages import mapping, orientation, retrieval
+from imc_ray.stages import mapping, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
@@ -164,6 +165,8 @@ def run(
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
+        # model actors use 1.5-2 GiB each (README); Ray Data would repeat that every 30 s
+        ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
         gpus = float(ray.cluster_resources().get("GPU", 0))
         upload_to = str(output) if dst is not None else None
         results = _stream(scenes, out, cfg, keys, gpus, rep, upload_to) if scenes else []
@@ -324,7 +327,7 @@ def _stream(
     map_cfg = cfg.mapping
     if map_cfg.num_threads == -1:  # pycolmap's -1 means every core of the machine, not the task's share
         map_cfg = dataclasses.replace(map_cfg, num_threads=cfg.compute.mapping_cpus)
-    orient_task = ray.remote(num_cpus=1)(orientation.run)
+    orient_task = ray.remote(num_cpus=cfg.compute.mapping_cpus)(check_orientation)
     upload_task = ray.remote(num_cpus=0.25)(_upload_scene)
     futures = []
     submitted: set[tuple[str, str]] = set()
