@@ -165,7 +165,7 @@ def run(
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
         ctx.print_on_execution_start = False
-        # model actors use 1.5-2 GiB each (README); Ray Data would repeat that every 30 s
+        # model actors use 1.4-1.8 GiB each (bench/RESULTS.md); Ray Data would say so every 30 s
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
         gpus = float(ray.cluster_resources().get("GPU", 0))
         upload_to = str(output) if dst is not None else None
