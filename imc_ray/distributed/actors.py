@@ -1,4 +1,5 @@
-"""Thin Ray Data actors: build the model once in ``__init__``, call a stage's pure function in ``__call__``.
+"""Thin Ray Data actors: build the model once in ``__init__``, call a stage's pure function in ``__call__``;
+and :func:`check_orientation`, the body of stage 5b's Ray task.
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Rows whose ``error`` is not
 empty pass through untouched, so one bad image never fails a batch.

@@ -39,15 +39,12 @@ class FusedCrossBlock(torch.nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, H, N, D/H)
             return t.unflatten(-1, (b.heads, -1)).transpose(1, 2)
 
+        # LightGlue stops before a layer when either image has no points left, so N0, N1 > 0 here
         qk0, qk1, v0, v1 = heads(b.to_qk(x0)), heads(b.to_qk(x1)), heads(b.to_v(x0)), heads(b.to_v(x1))
-        if qk0.shape[-2] == 0 or qk1.shape[-2] == 0:
-            m0, m1 = torch.zeros_like(v0), torch.zeros_like(v1)
-        else:
-            m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=mask)
-            mask10 = None if mask is None else mask.transpose(-1, -2)
-            m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=mask10)
-            if mask is not None:  # rows that see no key are NaN, as in CrossBlock
-                m0, m1 = m0.nan_to_num(), m1.nan_to_num()
+        m0 = F.scaled_dot_product_attention(qk0, qk1, v1, attn_mask=mask)
+        m1 = F.scaled_dot_product_attention(qk1, qk0, v0, attn_mask=None if mask is None else mask.transpose(-1, -2))
+        if mask is not None:  # rows that see no key are NaN, as in CrossBlock
+            m0, m1 = m0.nan_to_num(), m1.nan_to_num()
         m0, m1 = (b.to_out(m.transpose(1, 2).flatten(start_dim=-2)) for m in (m0, m1))
         return x0 + b.ffn(torch.cat([x0, m0], -1)), x1 + b.ffn(torch.cat([x1, m1], -1))
 
