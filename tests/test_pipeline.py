@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import pycolmap
 import pytest
 
 from imc_ray import cli, evaluate
+from imc_ray.config import build_config
+from imc_ray.distributed.actors import PROGRESS_FILE, SceneGate, stream_rows
 from imc_ray.formats import read_features_h5, read_matches_h5, read_pairs
 
-from .conftest import BAD_FILES, ODD_GOOD, SAMPLE
+from .conftest import BAD_FILES, ODD_GOOD, SAMPLE, SAMPLE_CONFIG
 
 Run = tuple[Path, dict[str, Any]]
 
@@ -118,18 +121,37 @@ def test_cli_evaluate_on_run(sample_run: Run, capsys: pytest.CaptureFixture[str]
     assert data["scenes"][0]["scene"] == "lego"
 
 
-def test_scenes_stream_through_one_pipeline(sample_run: Run) -> None:
-    """No whole-dataset barrier: the first scene (lego, 11 images) is matched while images of later scenes
-    are still being extracted. Told by the files' write times."""
+def test_gate_lets_a_scene_through_as_soon_as_its_images_have_passed(sample_run: Run, tmp_path: Path) -> None:
+    """No whole-dataset barrier: the gate emits a scene's pairs in the call that brings its last image,
+    while other scenes are still coming; a batch seen twice (a retried task) emits nothing new."""
     out, rep = sample_run
+    lego = ("nerf_synthetic", "lego")
+    shards = out.joinpath(*lego, "shards")
+    for d in shards.glob("features-*"):  # the run's features of lego, none of its matches
+        shutil.copytree(d, tmp_path.joinpath(*lego, "shards", d.name))
+    names = [*sorted(read_features_h5(out.joinpath(*lego, "features.h5"))), "broken.jpg"]
+    cfg = build_config(*SAMPLE_CONFIG)
+    expected = {lego: len(names), ("odd", "pair"): 2}
+    gate = SceneGate(cfg, str(tmp_path), rep["stage_keys"], use_dinov2=False, expected=expected)
 
-    def written(scene: str, kind: str) -> list[float]:
-        return sorted(p.stat().st_mtime for p in (out / scene / "shards").glob(f"{kind}-*/*.parquet"))
+    def images(rows: list[tuple[tuple[str, str], str]]) -> dict[str, np.ndarray]:
+        return stream_rows([{"kind": "image", "dataset": d, "scene": s, "name": n} for (d, s), n in rows])
 
-    later_features = max(t for s in ("odd/mixed", "odd/pair") for t in written(s, "features"))
-    assert written("nerf_synthetic/lego", "matches")[0] < later_features
-    assert min(written("nerf_synthetic/lego", "features")) < later_features
-    # the stream reports what it did, per stage and in total
+    first = gate(images([(lego, n) for n in names[:-1]] + [(("odd", "pair"), "a.png")]))
+    assert set(first["kind"]) == {"image"}  # lego's last image has not passed yet
+    second = gate(images([(lego, names[-1])]))
+    kinds = list(second["kind"])
+    assert kinds.count("scene") == 1 and kinds.count("pair") == 45  # emitted now, odd/pair still open
+    [scene] = np.flatnonzero(second["kind"] == "scene")
+    assert (second["dataset"][scene], second["scene"][scene], second["todo"][scene]) == (*lego, 45)
+    again = gate(images([(lego, n) for n in names]))
+    assert set(again["kind"]) == {"image"}
+    assert json.loads((tmp_path / PROGRESS_FILE).read_text()) == {"images": len(names) + 1}
+
+
+def test_stream_reports_its_stages(sample_run: Run) -> None:
+    """The stream reports what it did, per stage and in total."""
+    out, rep = sample_run
     st = rep["stages"]
     chosen = sum(len(read_pairs(p, read_features_h5(p.parent / "features.h5"))) for p in out.glob("*/*/pairs.txt"))
     assert st["matching"]["pairs"] == st["pairs"]["pairs"] == chosen
@@ -140,7 +162,6 @@ def test_scenes_stream_through_one_pipeline(sample_run: Run) -> None:
 def test_cpu_model_pools_share_the_cpus(ray_local: None) -> None:
     """Without GPUs each pool may grow to every CPU, and its actors ask for a 1/pools share of one, so
     the ALIKED pool can use both CPUs of this 2-CPU cluster while no pairs exist yet."""
-    from imc_ray.config import build_config
     from imc_ray.distributed.pipeline import _pool
 
     shared = _pool(build_config("default", []), gpus=0.0, pools=2)
