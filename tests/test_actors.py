@@ -78,7 +78,8 @@ def test_decode_errors_pass_through_untouched(tmp_path: Path) -> None:
 def test_scene_gate_emits_each_scene_once_when_its_last_image_passes(tmp_path: Path) -> None:
     keys = stage_keys(CFG)
     rows = actors.FeatureActor(CFG, str(tmp_path), key=keys["features"])(_batch(["r_20.png", "r_28.png", "r_33.png"]))
-    gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected={("ds", "sc"): 3})
+    expected = {("ds", "sc"): 3, ("ds", "later"): 2}  # no whole-dataset barrier: "later" never comes here
+    gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected=expected)
     part = {col: rows[col][:2] for col in rows}
     first = gate(part)
     assert list(first["kind"]) == ["image", "image"]  # two of three images: nothing to match yet

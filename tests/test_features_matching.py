@@ -65,6 +65,25 @@ def test_aliked_keypoints_in_original_pixels(extracted: dict[str, Features]) -> 
         np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1.0, atol=1e-3)
 
 
+def test_images_of_one_size_can_be_extracted_in_one_pass(extracted: dict[str, Features]) -> None:
+    """GPU actors run images of one size as one (B, 3, h, w) batch: the same features as one at a time."""
+    model = features.load_aliked(FCFG, CPU)
+    names = ("r_33.png", "r_36.png")
+    loaded = [load_image(SAMPLE_SCENE / "images" / n, ImagesConfig(), FCFG.resize) for n in names]
+    images = [loaded[0][0], loaded[0][0][:400, :300], loaded[1][0]]
+    assert features.batches_by_size(model, images, together=True) == [[0, 2], [1]]
+    assert features.batches_by_size(model, images, together=False) == [[0], [1], [2]]
+    thresholded = features.load_aliked(FeaturesConfig(detection_threshold=0.2), CPU)
+    assert features.batches_by_size(thresholded, images, together=True) == [[0], [1], [2]]  # counts differ
+    together = features.extract(model, [im for im, _ in loaded], [s for _, s in loaded], CPU, together=True)
+    for f, name in zip(together, names, strict=True):
+        alone = extracted[name]  # the fixture extracted one at a time (the CPU default)
+        order = np.lexsort(alone.keypoints.T), np.lexsort(f.keypoints.T)  # top-k ties may swap order
+        np.testing.assert_allclose(alone.keypoints[order[0]], f.keypoints[order[1]], atol=1e-3)
+        np.testing.assert_allclose(alone.descriptors[order[0]], f.descriptors[order[1]], atol=1e-4)
+        assert f.image_size == alone.image_size
+
+
 def test_to_original_pixels_is_exact() -> None:
     # the corner pixels of 320x240 cover 2x2 blocks of 640x480 whose centres are at 0.5 and 638.5
     kp = np.array([[0.0, 0.0], [319.0, 239.0]], np.float32)
@@ -129,3 +148,37 @@ def test_empty_features_match_nothing(extracted: dict[str, Features]) -> None:
     empty = Features(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32), (800, 800))
     idx, scores = matching.match_pair(model, empty, extracted["r_36.png"], CPU)
     assert idx.shape == (0, 2) and scores.shape == (0,)
+
+
+def test_mixed_precision_is_for_cuda_only() -> None:
+    assert matching.load_lightglue(MatchingConfig(mixed_precision=True), CPU).conf.mp is False
+
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.gpu
+def test_aliked_on_cuda_finds_the_cpu_keypoints(extracted: dict[str, Features]) -> None:
+    names = ("r_33.png", "r_36.png")
+    loaded = [load_image(SAMPLE_SCENE / "images" / n, ImagesConfig(), FCFG.resize) for n in names]
+    on_gpu = features.extract(features.load_aliked(FCFG, CUDA), [im for im, _ in loaded], [s for _, s in loaded], CUDA)
+    for f, name in zip(on_gpu, names, strict=True):  # both in one forward pass (CUDA's default)
+        ref = extracted[name]
+        assert f.keypoints.shape == ref.keypoints.shape and f.descriptors.shape == ref.descriptors.shape
+        nearest = np.linalg.norm(ref.keypoints[:, None] - f.keypoints[None], axis=-1).min(axis=1)
+        assert np.mean(nearest < 0.5) > 0.95  # the same top-k points, up to float rounding near ties
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_lightglue_on_cuda_agrees_with_cpu(extracted: dict[str, Features], mixed_precision: bool) -> None:
+    f0, f1 = extracted["r_33.png"], extracted["r_36.png"]
+    on_cpu, _ = matching.match_pair(matching.load_lightglue(MatchingConfig(), CPU), f0, f1, CPU)
+    model = matching.load_lightglue(MatchingConfig(mixed_precision=mixed_precision), CUDA)
+    assert model.conf.mp is mixed_precision
+    idx, scores = matching.match_pair(model, f0, f1, CUDA)
+    assert scores.dtype == np.float32
+    same = {tuple(r) for r in idx.tolist()} & {tuple(r) for r in on_cpu.tolist()}
+    assert len(same) >= 0.9 * len(on_cpu) and len(idx) <= 1.1 * len(on_cpu)
+    d = _epipolar_distance(f0.keypoints[idx[:, 0]], f1.keypoints[idx[:, 1]], "r_33.png", "r_36.png")
+    assert np.median(d) < 1.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 
 from imc_ray import cli, evaluate
 from imc_ray.config import build_config
-from imc_ray.distributed.actors import PROGRESS_FILE, SceneGate, stream_rows
 from imc_ray.formats import read_features_h5, read_matches_h5, read_pairs
 
 from .conftest import BAD_FILES, ODD_GOOD, SAMPLE, SAMPLE_CONFIG
@@ -121,34 +119,6 @@ def test_cli_evaluate_on_run(sample_run: Run, capsys: pytest.CaptureFixture[str]
     assert data["scenes"][0]["scene"] == "lego"
 
 
-def test_gate_lets_a_scene_through_as_soon_as_its_images_have_passed(sample_run: Run, tmp_path: Path) -> None:
-    """No whole-dataset barrier: the gate emits a scene's pairs in the call that brings its last image,
-    while other scenes are still coming; a batch seen twice (a retried task) emits nothing new."""
-    out, rep = sample_run
-    lego = ("nerf_synthetic", "lego")
-    shards = out.joinpath(*lego, "shards")
-    for d in shards.glob("features-*"):  # the run's features of lego, none of its matches
-        shutil.copytree(d, tmp_path.joinpath(*lego, "shards", d.name))
-    names = [*sorted(read_features_h5(out.joinpath(*lego, "features.h5"))), "broken.jpg"]
-    cfg = build_config(*SAMPLE_CONFIG)
-    expected = {lego: len(names), ("odd", "pair"): 2}
-    gate = SceneGate(cfg, str(tmp_path), rep["stage_keys"], use_dinov2=False, expected=expected)
-
-    def images(rows: list[tuple[tuple[str, str], str]]) -> dict[str, np.ndarray]:
-        return stream_rows([{"kind": "image", "dataset": d, "scene": s, "name": n} for (d, s), n in rows])
-
-    first = gate(images([(lego, n) for n in names[:-1]] + [(("odd", "pair"), "a.png")]))
-    assert set(first["kind"]) == {"image"}  # lego's last image has not passed yet
-    second = gate(images([(lego, names[-1])]))
-    kinds = list(second["kind"])
-    assert kinds.count("scene") == 1 and kinds.count("pair") == 45  # emitted now, odd/pair still open
-    [scene] = np.flatnonzero(second["kind"] == "scene")
-    assert (second["dataset"][scene], second["scene"][scene], second["todo"][scene]) == (*lego, 45)
-    again = gate(images([(lego, n) for n in names]))
-    assert set(again["kind"]) == {"image"}
-    assert json.loads((tmp_path / PROGRESS_FILE).read_text()) == {"images": len(names) + 1}
-
-
 def test_stream_reports_its_stages(sample_run: Run) -> None:
     """The stream reports what it did, per stage and in total."""
     out, rep = sample_run
@@ -171,3 +141,15 @@ def test_cpu_model_pools_share_the_cpus(ray_local: None) -> None:
     assert whole["num_cpus"] == 1.0 and whole["compute"].max_size == 2
     gpu = _pool(build_config("default", []), gpus=2.0, pools=2)  # GPU actors: a GPU and a whole CPU each
     assert gpu["num_gpus"] == 1.0 and gpu["num_cpus"] == 1.0 and gpu["compute"].max_size == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_run_of_the_sample(ray_local: None, tmp_path: Path) -> None:
+    """The same stream with GPU actors (and CPU decode tasks feeding them): as accurate as on CPU."""
+    from imc_ray.distributed import pipeline
+
+    rep = pipeline.run(SAMPLE, tmp_path, build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "compute.device=cuda"]))
+    assert rep["scenes"]["nerf_synthetic/lego"]["num_registered"] >= 8
+    [lego] = evaluate.evaluate(tmp_path / "submission.csv", SAMPLE)["scenes"]
+    assert lego["auc@5"] > 0.6 and lego["imc2024_maa"] > 0.5

@@ -168,24 +168,28 @@ class FeatureActor:
         self.model = features.load_aliked(cfg.features, self.device)
         self.node = _node_id()
 
-    def _extract(self, batch: Batch, i: int) -> Features:
-        size = (int(batch["width"][i]), int(batch["height"][i]))
-        return features.extract(self.model, [batch["image"][i]], [size], self.device)[0]
+    def _extract(self, batch: Batch, rows: list[int]) -> list[Features]:
+        sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in rows]
+        return features.extract(self.model, [batch["image"][i] for i in rows], sizes, self.device)
 
     def __call__(self, batch: Batch) -> Batch:
         batch = _decoded(batch, self.cfg)
         n = len(batch["error"])
         errors = [str(e) for e in batch["error"]]
         num_kp = [0] * n
+        todo = [i for i in range(n) if not errors[i] and batch["need_features"][i]]
+        try:  # the whole batch at once (one forward pass per image size) ...
+            done = dict(zip(todo, self._extract(batch, todo), strict=True))
+        except Exception:  # ... else image by image, so one bad image fails alone
+            logger.warning("extraction of a batch of %d images failed; one by one", len(todo), exc_info=True)
+            done = {}
+            for i in todo:
+                try:
+                    [done[i]] = _retry(ATTEMPTS, lambda i=i: self._extract(batch, [i]))  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001 - a per-image failure is recorded, the batch goes on
+                    errors[i] = f"{batch['path'][i]}: feature extraction failed ({type(exc).__name__}: {exc})"
         by_scene: dict[tuple[str, str], list[tuple[str, Features]]] = defaultdict(list)
-        for i in range(n):
-            if errors[i] or not batch["need_features"][i]:
-                continue
-            try:
-                f = _retry(ATTEMPTS, lambda i=i: self._extract(batch, i))  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - a per-image failure is recorded, the batch goes on
-                errors[i] = f"{batch['path'][i]}: feature extraction failed ({type(exc).__name__}: {exc})"
-                continue
+        for i, f in done.items():
             num_kp[i] = len(f.keypoints)
             by_scene[_scene_of(batch, i)].append((str(batch["name"][i]), f))
         for (dataset, scene), items in by_scene.items():
@@ -249,7 +253,6 @@ class SceneGate:
         return [scene, *({**head, "kind": "pair", "name0": a, "name1": b} for a, b in todo)]
 
     def __call__(self, batch: Batch) -> Batch:
-        out = [{col: batch[col][i] for col in ROW} for i in range(len(batch["kind"]))]
         touched = set()
         for i in range(len(batch["kind"])):
             key = _scene_of(batch, i)
@@ -259,11 +262,13 @@ class SceneGate:
                 self.num_seen += 1
             touched.add(key)
         write_text_atomic(self.progress, json.dumps({"images": self.num_seen}))
+        new: list[dict[str, Any]] = []
         for key in sorted(touched):
             if key not in self.emitted and len(self.seen[key]) >= self.expected[key]:
                 self.emitted.add(key)
-                out += self._scene_rows(key)
-        return stream_rows(out)
+                new += self._scene_rows(key)
+        extra = stream_rows(new)
+        return {col: np.concatenate([batch[col], extra[col]]) for col in ROW}
 
 
 class MatcherActor:

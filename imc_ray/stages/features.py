@@ -38,32 +38,53 @@ def to_original_pixels(keypoints: np.ndarray, resized_wh: tuple[int, int], origi
     return ((keypoints.astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32)
 
 
+def batches_by_size(model: ALIKED, images: list[np.ndarray], together: bool) -> list[list[int]]:
+    """Indices of ``images`` that :func:`extract` runs through ALIKED in one forward pass: with
+    ``together``, images of one shape when ALIKED keeps a fixed number of keypoints (top-k:
+    ``detection_threshold`` 0; ALIKED stacks its per-image outputs, so their lengths must agree);
+    else one each."""
+    if not (together and model.conf.detection_threshold <= 0 < model.conf.max_num_keypoints):
+        return [[i] for i in range(len(images))]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(i)
+    return list(groups.values())
+
+
 @torch.inference_mode()
 def extract(
-    model: ALIKED, images: list[np.ndarray], original_sizes: list[tuple[int, int]], device: torch.device
+    model: ALIKED,
+    images: list[np.ndarray],
+    original_sizes: list[tuple[int, int]],
+    device: torch.device,
+    together: bool | None = None,
 ) -> list[Features]:
     """ALIKED keypoints and descriptors of a batch of images.
+
+    ``together`` (default: on CUDA) runs images of one size in one forward pass (:func:`batches_by_size`),
+    which keeps a GPU busy. On CPU it is slower and costs memory (default preset, one thread: 2.80 vs
+    2.62 s per image, +0.9 GB for two images), so CPU actors run one image at a time.
 
     images: B arrays (h, w, 3) uint8, already downscaled for extraction (see ``catalog.load_image``).
     original_sizes: B (W, H) sizes of the decoded full-resolution images; keypoints are returned in
     those pixels.
     Returns: B :class:`Features` (keypoints (N, 2), scores (N,), descriptors (N, 128)).
     """
-    out: list[Features] = []
-    for small, (w, h) in zip(images, original_sizes, strict=True):
-        sh, sw = small.shape[:2]
-        x = torch.from_numpy(np.array(small, copy=True)).to(device).permute(2, 0, 1)[None].float() / 255.0
+    out: dict[int, Features] = {}
+    together = device.type == "cuda" if together is None else together
+    for group in batches_by_size(model, images, together):
+        pixels = np.stack([images[i] for i in group])  # (b, h, w, 3), a copy torch may own
+        x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float() / 255.0
         pred = model({"image": x})
-        kp = pred["keypoints"][0].cpu().numpy()
-        out.append(
-            Features(
-                keypoints=to_original_pixels(kp, (sw, sh), (w, h)),
-                scores=pred["keypoint_scores"][0].float().cpu().numpy(),
-                descriptors=pred["descriptors"][0].float().cpu().numpy(),
-                image_size=(w, h),
+        sh, sw = pixels.shape[1:3]
+        for j, i in enumerate(group):
+            out[i] = Features(
+                keypoints=to_original_pixels(pred["keypoints"][j].cpu().numpy(), (sw, sh), original_sizes[i]),
+                scores=pred["keypoint_scores"][j].float().cpu().numpy(),
+                descriptors=pred["descriptors"][j].float().cpu().numpy(),
+                image_size=original_sizes[i],
             )
-        )
-    return out
+    return [out[i] for i in range(len(images))]
 
 
 def consolidate(shards: Path, scene_dir: Path) -> dict[str, Features]:

@@ -56,6 +56,7 @@ def load_lightglue(cfg: MatchingConfig, device: torch.device) -> LightGlue:
         depth_confidence=cfg.depth_confidence,
         width_confidence=cfg.width_confidence,
         filter_threshold=cfg.filter_threshold,
+        mp=cfg.mixed_precision and device.type == "cuda",
     )
     if device.type == "cpu":
         for layer in model.transformers:
