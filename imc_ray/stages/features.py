@@ -62,8 +62,9 @@ def extract(
     """ALIKED keypoints and descriptors of a batch of images.
 
     ``together`` (default: on CUDA) runs images of one size in one forward pass (:func:`batches_by_size`),
-    which keeps a GPU busy. On CPU it is slower and costs memory (default preset, one thread: 2.80 vs
-    2.62 s per image, +0.9 GB for two images), so CPU actors run one image at a time.
+    which keeps a GPU busy. On CPU it is no faster and costs memory (``bench/aliked_batching.py``, default
+    preset, one thread, two images per pass: 2.77 s per image either way, peak 1.8 -> 2.8 GB), so CPU
+    actors run one image at a time.
 
     images: B arrays (h, w, 3) uint8, already downscaled for extraction (see ``catalog.load_image``).
     original_sizes: B (W, H) sizes of the decoded full-resolution images; keypoints are returned in
