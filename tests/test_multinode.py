@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,28 @@ pytestmark = pytest.mark.slow
 RESOURCE = "gpu_like"
 
 
+@dataclass
+class Nodes:
+    """A running ``ray.cluster_utils.Cluster`` and its worker nodes."""
+
+    cluster: Any
+    workers: list[Any]
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+
 @pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[Any]:
+def cluster(tmp_path: Path) -> Iterator[Nodes]:
     """Head (2 CPUs, no ``gpu_like``) plus two worker nodes (1 CPU and 1 ``gpu_like`` each)."""
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
-        c.workers = [c.add_node(num_cpus=1, resources={RESOURCE: 1}) for _ in range(2)]
+        workers = [c.add_node(num_cpus=1, resources={RESOURCE: 1}) for _ in range(2)]
         c.wait_for_nodes()
-        yield c
+        yield Nodes(c, workers)
     finally:
         c.shutdown()
 
@@ -58,11 +71,11 @@ def _cmd(input_root: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", preset, *args]
 
 
-def _env(cluster: Any) -> dict[str, str]:
+def _env(cluster: Nodes) -> dict[str, str]:
     return {**os.environ, "RAY_ADDRESS": cluster.address}
 
 
-def _worker_ids(cluster: Any) -> set[str]:
+def _worker_ids(cluster: Nodes) -> set[str]:
     return {w.node_id for w in cluster.workers}
 
 
@@ -78,7 +91,7 @@ def _node_ids(per_node: dict[str, int]) -> dict[str, int]:
 
 
 def test_work_lands_on_both_workers(
-    cluster: Any, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+    cluster: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     done = subprocess.run(_cmd(scene_input, out), env=_env(cluster), capture_output=True, text=True, timeout=900)
@@ -98,7 +111,7 @@ def test_work_lands_on_both_workers(
 
 
 def test_worker_node_killed_mid_run(
-    cluster: Any, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+    cluster: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -111,7 +124,7 @@ def test_worker_node_killed_mid_run(
             assert time.monotonic() < deadline, "matching never started"
             time.sleep(0.2)
         victim = cluster.workers[0]
-        cluster.remove_node(victim, allow_graceful=False)  # SIGKILL the raylet and its workers
+        cluster.cluster.remove_node(victim, allow_graceful=False)  # SIGKILL the raylet and its workers
         _, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
