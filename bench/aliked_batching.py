@@ -4,14 +4,14 @@
 
 Each mode runs in its own subprocess (so peak memory is its own) on the first ``--images`` images of
 IMAGES_DIR (default: the bundled sample's), after one warm-up image, with one torch thread on CPU.
-Prints seconds per image and peak resident memory of each mode and the ratio batched / one at a time.
+Prints seconds per image and peak resident memory (and GPU memory on CUDA) of each mode and the ratios
+batched / one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -21,10 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(images_dir: Path, count: int, batch: int, device_name: str, preset: str) -> dict[str, float]:
-    """Seconds per image and peak RSS (MB) of extracting ``count`` images, ``batch`` per call."""
+    """Seconds per image, peak RSS (MB) and on CUDA peak GPU memory (MB) of extracting ``count`` images,
+    ``batch`` per call."""
     import torch
 
     from imc_ray.config import build_config
+    from imc_ray.report import peak_rss_mb
     from imc_ray.stages import features
     from imc_ray.stages.catalog import load_image
 
@@ -43,8 +45,10 @@ def measure(images_dir: Path, count: int, batch: int, device_name: str, preset: 
         features.extract(model, [im for im, _ in chunk], [s for _, s in chunk], device, together=batch > 1)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / len(loaded)
-    return {"s_per_image": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"s_per_image": (time.perf_counter() - t0) / len(loaded), "peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def main() -> None:
@@ -69,6 +73,7 @@ def main() -> None:
         print(
             f"{batch} image(s) per pass: {results[batch]['s_per_image']:.3f} s/image, "
             f"peak RSS {results[batch]['peak_rss_mb']:.0f} MB"
+            + (f", peak GPU {results[batch]['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in results[batch] else "")
         )
     one, many = results[1], results[args.batch]
     print(

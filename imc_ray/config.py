@@ -77,7 +77,7 @@ class MatchingConfig:
     filter_threshold: float = 0.1
     mixed_precision: bool = False
     """CUDA only: LightGlue under fp16 autocast (upstream's ``mp``); CPU runs ignore it. Off by default:
-    faster on GPUs, but its effect on accuracy has not been measured (no GPU in this project's CI)."""
+    neither its speed nor its accuracy has been measured here (no GPU in this project's CI)."""
     min_matches: int = 15
     """Pairs with fewer matches are not written to the COLMAP database."""
     rotation_check: bool = True

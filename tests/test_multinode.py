@@ -38,7 +38,7 @@ class Nodes:
 
 
 @pytest.fixture()
-def cluster(tmp_path: Path) -> Iterator[Nodes]:
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
     """Head (2 CPUs, no ``gpu_like``) plus two worker nodes (1 CPU and 1 ``gpu_like`` each)."""
     from ray.cluster_utils import Cluster
 
@@ -71,12 +71,12 @@ def _cmd(input_root: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", preset, *args]
 
 
-def _env(cluster: Nodes) -> dict[str, str]:
-    return {**os.environ, "RAY_ADDRESS": cluster.address}
+def _env(nodes: Nodes) -> dict[str, str]:
+    return {**os.environ, "RAY_ADDRESS": nodes.address}
 
 
-def _worker_ids(cluster: Nodes) -> set[str]:
-    return {w.node_id for w in cluster.workers}
+def _worker_ids(nodes: Nodes) -> set[str]:
+    return {w.node_id for w in nodes.workers}
 
 
 def _check_same_as_single_node(out: Path, sample_run: tuple[Path, dict[str, Any]]) -> None:
@@ -91,13 +91,13 @@ def _node_ids(per_node: dict[str, int]) -> dict[str, int]:
 
 
 def test_work_lands_on_both_workers(
-    cluster: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+    nodes: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    done = subprocess.run(_cmd(scene_input, out), env=_env(cluster), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(_cmd(scene_input, out), env=_env(nodes), capture_output=True, text=True, timeout=900)
     assert done.returncode == 3, done.stderr[-3000:]  # partial: the bad files
     rep = json.loads((out / "run.json").read_text())
-    workers = {w[:8] for w in _worker_ids(cluster)}
+    workers = {w[:8] for w in _worker_ids(nodes)}
     images = _node_ids(rep["stages"]["features"]["images_per_node"])
     pairs = _node_ids(rep["stages"]["matching"]["pairs_per_node"])
     # one stream: the feature and matcher pools share the two gpu_like units, so while the scene's images
@@ -111,11 +111,11 @@ def test_work_lands_on_both_workers(
 
 
 def test_worker_node_killed_mid_run(
-    cluster: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+    nodes: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        _cmd(scene_input, out), env=_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cmd(scene_input, out), env=_env(nodes), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         deadline = time.monotonic() + 600
@@ -123,8 +123,8 @@ def test_worker_node_killed_mid_run(
             assert proc.poll() is None, "the run ended before matching"
             assert time.monotonic() < deadline, "matching never started"
             time.sleep(0.2)
-        victim = cluster.workers[0]
-        cluster.cluster.remove_node(victim, allow_graceful=False)  # SIGKILL the raylet and its workers
+        victim = nodes.workers[0]
+        nodes.cluster.remove_node(victim, allow_graceful=False)  # SIGKILL the raylet and its workers
         _, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:

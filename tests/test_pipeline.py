@@ -146,7 +146,8 @@ def test_cpu_model_pools_share_the_cpus(ray_local: None) -> None:
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_gpu_run_of_the_sample(ray_local: None, tmp_path: Path) -> None:
-    """The same stream with GPU actors (and CPU decode tasks feeding them): as accurate as on CPU."""
+    """The same stream with GPU actors registers the sample and passes the CPU run's accuracy bars
+    (``test_accuracy_against_reference``)."""
     from imc_ray.distributed import pipeline
 
     rep = pipeline.run(SAMPLE, tmp_path, build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "compute.device=cuda"]))

@@ -52,7 +52,7 @@ def test_driver_memory_flat_from_2_to_8_scenes(tmp_path: Path) -> None:
 
 def test_peak_memory_is_the_drivers_own() -> None:
     """A driver exec'd by a process that once held 1.5 GB reports its own peak (``ru_maxrss`` would not)."""
-    report = "from imc_ray.distributed.pipeline import _peak_rss_mb; print(_peak_rss_mb())"
+    report = "from imc_ray.report import peak_rss_mb; print(peak_rss_mb())"
     parent = (
         "import os, sys; b = bytearray(1536 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
         f"os.execv(sys.executable, [sys.executable, '-c', {report!r}])"

@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import os
-import resource
 import threading
 import time
 from collections import Counter
@@ -191,24 +190,12 @@ def run(
         entry["num_registered"] = r.num_registered
     rep["seconds_total"] = time.perf_counter() - t_start
     # the driver holds metadata only (paths, names, counts): this stays flat as the dataset grows
-    rep["driver_peak_rss_mb"] = _peak_rss_mb()
+    rep["driver_peak_rss_mb"] = report.peak_rss_mb()
     report.write_report(out / "run.json", rep)
     if dst is not None:  # run.json last: it says the run is complete
         storage.upload_file(out / "submission.csv", dst, "submission.csv")
         storage.upload_file(out / "run.json", dst, "run.json")
     return rep
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB: Linux's ``VmHWM`` (``ru_maxrss`` survives ``exec``, so a
-    driver started by a big parent would report the parent's peak), else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _stage_scene(uri: str, entries: list[storage.Entry], root: Path) -> tuple[int, str]:

@@ -43,7 +43,7 @@ def batches_by_size(model: ALIKED, images: list[np.ndarray], together: bool) -> 
     ``together``, images of one shape when ALIKED keeps a fixed number of keypoints (top-k:
     ``detection_threshold`` 0; ALIKED stacks its per-image outputs, so their lengths must agree);
     else one each."""
-    if not (together and model.conf.detection_threshold <= 0 < model.conf.max_num_keypoints):
+    if not (together and model.dkd.top_k > 0):  # ALIKED's detector keeps exactly top_k points
         return [[i] for i in range(len(images))]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
