@@ -96,8 +96,16 @@ class MappingConfig:
     """COLMAP database, geometric verification and mapping."""
 
     camera_model: Literal["SIMPLE_RADIAL", "SIMPLE_PINHOLE", "RADIAL", "OPENCV", "PINHOLE"] = "SIMPLE_RADIAL"
-    shared_camera: Literal["auto", "never"] = "auto"
-    """auto: images of one size (and EXIF camera) share a camera; never: one camera per image."""
+    camera_mode: Literal["auto", "single", "per_folder", "per_image"] = "auto"
+    """Which images share a camera (COLMAP shares a camera only between images of one size;
+    ``stages/cameras.py``). auto: images with EXIF share by make, model, lens, focal length and size, with the
+    EXIF focal length as a prior; images without EXIF share one camera per size only when their focal lengths
+    agree after a first mapping, else they are split by focal length and mapped again. single: one camera per
+    image size. per_folder: one per subfolder of ``images/`` and size. per_image: one camera each."""
+    cameras_file: str = ""
+    """JSON file of known intrinsics for images matched by glob (format in ``formats.py``); empty: none."""
+    known_intrinsics: Literal["fixed", "prior"] = "fixed"
+    """fixed: bundle adjustment holds the intrinsics of ``cameras_file`` constant; prior: they are refined."""
     min_model_size: int = 3
     min_num_inliers: int = 15
     """Verified pairs with fewer inliers are not used by the mapper."""

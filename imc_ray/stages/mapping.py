@@ -75,7 +75,7 @@ class SceneResult:
 
 def camera_groups(sizes: dict[str, tuple[int, int]], shared_camera: str) -> dict[str, int]:
     """Assign each image a camera index: images of one size share one camera when ``shared_camera=auto``."""
-    if shared_camera == "never":
+    if shared_camera == "per_image":
         return {name: i for i, name in enumerate(sorted(sizes))}
     index: dict[tuple[int, int], int] = {}
     return {name: index.setdefault(sizes[name], len(index)) for name in sorted(sizes)}
@@ -102,7 +102,7 @@ def build_database(
     if db_path.exists():
         db_path.unlink()
     sizes = {name: f.image_size for name, f in features.items()}
-    groups = camera_groups(sizes, cfg.shared_camera)
+    groups = camera_groups(sizes, cfg.camera_mode)
     written = 0
     with pycolmap.Database.open(str(db_path)) as db, pycolmap.DatabaseTransaction(db):
         camera_ids: dict[int, int] = {}
