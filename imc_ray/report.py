@@ -62,8 +62,9 @@ def write_report(path: Path, rep: dict[str, Any]) -> None:
 
 
 def summary_table(rep: dict[str, Any]) -> str:
-    """One line per scene (images, registered, pairs, verified pairs, models, pair method) and stage times."""
-    head = f"{'scene':<32} {'images':>6} {'reg':>5} {'pairs':>6} {'verif':>6} {'models':>6}  pairs by"
+    """One line per scene (images, registered, pairs, verified pairs, models, cameras, pair method) and stage
+    times; below, each scene's camera decision."""
+    head = f"{'scene':<32} {'images':>6} {'reg':>5} {'pairs':>6} {'verif':>6} {'models':>6} {'cams':>4}  pairs by"
     lines = [head, "-" * len(head)]
     tot_img = tot_reg = 0
     for key, s in rep["scenes"].items():
@@ -74,10 +75,14 @@ def summary_table(rep: dict[str, Any]) -> str:
         note = s.get("pairs_method", "") + (f"  ERROR {s['error']}" if s.get("error") else "")
         note += f"  ({s['note']})" if s.get("note") else ""
         pairs, verified = s.get("num_pairs", 0), s.get("num_verified_pairs", 0)
-        lines.append(f"{key:<32} {n:>6} {reg:>5} {pairs:>6} {verified:>6} {models:>6}  {note}")
+        cams = s.get("cameras", {}).get("count", "-")
+        lines.append(f"{key:<32} {n:>6} {reg:>5} {pairs:>6} {verified:>6} {models:>6} {cams:>4}  {note}")
     lines.append(f"{'total':<32} {tot_img:>6} {tot_reg:>5}")
     stages = ", ".join(
         f"{name} {st.get('seconds', st.get('seconds_after_matching', 0.0)):.1f}s" for name, st in rep["stages"].items()
     )
     lines.append(f"stages: {stages}; total {rep.get('seconds_total', 0.0):.1f}s; image errors: {len(rep['errors'])}")
+    for key, s in rep["scenes"].items():
+        if s.get("cameras"):
+            lines.append(f"cameras of {key}: {s['cameras']['decision']}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import pytest
 
 from imc_ray.config import MappingConfig
 from imc_ray.formats import Features
-from imc_ray.stages import mapping
+from imc_ray.stages import cameras, mapping
 
 
 def _features(n: int, size: tuple[int, int]) -> Features:
@@ -23,12 +23,6 @@ def _features(n: int, size: tuple[int, int]) -> Features:
     )
 
 
-def test_camera_groups() -> None:
-    sizes = {"a": (640, 480), "b": (640, 480), "c": (480, 640)}
-    assert mapping.camera_groups(sizes, "auto") == {"a": 0, "b": 0, "c": 1}
-    assert mapping.camera_groups(sizes, "never") == {"a": 0, "b": 1, "c": 2}
-
-
 def test_build_database(tmp_path: Path) -> None:
     feats = {"a.jpg": _features(20, (640, 480)), "b.jpg": _features(30, (640, 480)), "c.jpg": _features(5, (480, 640))}
     many = np.stack([np.arange(16), np.arange(16)], axis=1).astype(np.int32)
@@ -37,7 +31,9 @@ def test_build_database(tmp_path: Path) -> None:
         ("a.jpg", "c.jpg"): (many[:4], np.ones(4, np.float32)),  # below min_matches: left out
     }
     db_path = tmp_path / "database.db"
-    assert mapping.build_database(db_path, feats, matches, MappingConfig(), min_matches=15) == 1
+    groups = cameras.plan({n: f.image_size for n, f in feats.items()}, tmp_path, "single")
+    assert mapping.build_database(db_path, feats, matches, groups, "SIMPLE_RADIAL", min_matches=15) == 1
+    assert [g.camera_id for g in groups] == [1, 2]
     with pycolmap.Database.open(str(db_path)) as db:
         images = {im.name: im for im in db.read_all_images()}
         assert set(images) == set(feats)
@@ -78,17 +74,15 @@ def test_split_scene_keeps_every_model_and_records_attempts(tmp_path: Path) -> N
         assert merged.num_images() == 12
     (tmp_path / "images").mkdir()
     cfg = MappingConfig(num_threads=1)
-    models, attempts, pp = mapping.map_database(
-        tmp_path / "merged.db", tmp_path / "images", tmp_path / "sparse", cfg, 12
-    )
-    assert pp.startswith("kept at the image centre: a camera has fewer than 10")
+    images, sparse = tmp_path / "images", tmp_path / "sparse"
+    models, attempts = mapping.map_database(tmp_path / "merged.db", images, sparse, cfg, 12, [])
     assert [m.num_reg_images() for m in models] == [6, 6]
     assert attempts == {"default": 6, "relaxed": 6}  # 6 < 0.9 * 12: a second, relaxed attempt was made
     mapping.write_models(models, tmp_path / "sparse")
     assert sorted(p.name for p in (tmp_path / "sparse").iterdir()) == ["0", "1"]
     assert pycolmap.Reconstruction(str(tmp_path / "sparse" / "1")).num_reg_images() == 6
-    _, attempts, _ = mapping.map_database(
-        tmp_path / "merged.db", tmp_path / "images", tmp_path / "sparse2", MappingConfig(retry_below=0), 12
+    _, attempts = mapping.map_database(
+        tmp_path / "merged.db", tmp_path / "images", tmp_path / "sparse2", MappingConfig(retry_below=0), 12, []
     )
     assert attempts == {"default": 6}
 
@@ -122,7 +116,8 @@ def test_principal_point_refinement(
     _offcentre_scene(tmp_path / "database.db", focal)
     (tmp_path / "images").mkdir()
     cfg = MappingConfig(num_threads=1, refine_principal_point=mode)  # type: ignore[arg-type]
-    models, _, got = mapping.map_database(tmp_path / "database.db", tmp_path / "images", tmp_path / "sp", cfg, 12)
+    models, _ = mapping.map_database(tmp_path / "database.db", tmp_path / "images", tmp_path / "sp", cfg, 12, [])
+    models[0], got = mapping.refine_principal_point(models[0], mode, 1, {1})
     cam = models[0].cameras[1]
     assert models[0].num_reg_images() == 12
     np.testing.assert_allclose((cam.principal_point_x, cam.principal_point_y), want, atol=0.5)
@@ -134,8 +129,7 @@ def test_global_mapper_option(tmp_path: Path) -> None:
     _synthetic(tmp_path / "database.db", 4, "")
     (tmp_path / "images").mkdir()
     cfg = MappingConfig(num_threads=1, mapper="global")
-    models, attempts, _ = mapping.map_database(
-        tmp_path / "database.db", tmp_path / "images", tmp_path / "sparse", cfg, 6
-    )
+    images, sparse = tmp_path / "images", tmp_path / "sparse"
+    models, attempts = mapping.map_database(tmp_path / "database.db", images, sparse, cfg, 6, [])
     assert attempts == {"default": 6}
     assert models[0].num_reg_images() == 6 and models[0].num_points3D() > 100

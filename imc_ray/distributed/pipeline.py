@@ -48,7 +48,7 @@ from imc_ray.distributed.actors import (
 )
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
-from imc_ray.stages import mapping, retrieval
+from imc_ray.stages import cameras, mapping, retrieval
 from imc_ray.stages.catalog import Scene, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
@@ -149,6 +149,7 @@ def run(
         rep["work_dir"] = str(out)
     keys = stage_keys(cfg)
     rep["stage_keys"] = keys
+    known = cameras.read_cameras_file(Path(cfg.mapping.cameras_file)) if cfg.mapping.cameras_file else ()
     logger.info("resolved config: %s", cfg.to_dict())
     with ray_cluster(address):
         if src is not None:
@@ -168,7 +169,7 @@ def run(
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
         gpus = float(ray.cluster_resources().get("GPU", 0))
         upload_to = str(output) if dst is not None else None
-        results = _stream(scenes, out, cfg, keys, gpus, rep, upload_to) if scenes else []
+        results = _stream(scenes, out, cfg, keys, gpus, rep, known, upload_to) if scenes else []
     by_scene = {(r.dataset, r.scene): r for r in results}
     t0 = time.perf_counter()
     rows = [
@@ -289,6 +290,7 @@ def _stream(
     keys: dict[str, str],
     gpus: float,
     rep: dict[str, Any],
+    known: tuple[cameras.KnownCamera, ...] = (),
     upload_to: str | None = None,
 ) -> list[mapping.SceneResult]:
     """Every image through one Ray Data stream, then each scene's mapping as a CPU task.
@@ -327,7 +329,7 @@ def _stream(
         if cfg.matching.rotation_check and num_pairs:  # mapping waits for it (an ObjectRef argument)
             ready = orient_task.remote(sd, s.image_dir, cfg, keys)
         result = map_task.remote(  # type: ignore[call-arg]  # ray's stubs type at most 7 arguments
-            sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys, ready
+            sd, s.image_dir, s.dataset, s.name, len(s.images), map_cfg, cfg.matching.min_matches, keys, ready, known
         )
         if upload_to is not None:
             result = upload_task.remote(result, sd, upload_to, f"{key[0]}/{key[1]}")

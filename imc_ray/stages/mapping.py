@@ -33,6 +33,7 @@ from imc_ray.formats import (
     write_matches_h5,
     write_text_atomic,
 )
+from imc_ray.stages import cameras
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class SceneResult:
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
     principal_point: str = ""
     """What the principal-point refinement did to the largest model (see :func:`refine_principal_point`)."""
+    cameras: dict[str, Any] = field(default_factory=dict)
+    """How many cameras the scene was mapped with, and why (``stages/cameras.py: describe``)."""
     error: str | None = None
     note: str = ""
     """Why a scene has no model, or that a fallback made its poses."""
@@ -73,57 +76,37 @@ class SceneResult:
         return len(self.poses)
 
 
-def camera_groups(sizes: dict[str, tuple[int, int]], shared_camera: str) -> dict[str, int]:
-    """Assign each image a camera index: images of one size share one camera when ``shared_camera=auto``."""
-    if shared_camera == "per_image":
-        return {name: i for i, name in enumerate(sorted(sizes))}
-    index: dict[tuple[int, int], int] = {}
-    return {name: index.setdefault(sizes[name], len(index)) for name in sorted(sizes)}
-
-
-def initial_camera(model: str, width: int, height: int) -> pycolmap.Camera:
-    """COLMAP's default guess: focal 1.2 max(W, H), principal point at the centre, no distortion."""
-    cam = pycolmap.Camera.create_from_model_name(0, model, 1.2 * max(width, height), width, height)
-    cam.has_prior_focal_length = False
-    return cam
-
-
 def build_database(
     db_path: Path,
     features: dict[str, Features],
     matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
-    cfg: MappingConfig,
+    groups: list[cameras.CameraGroup],
+    camera_model: str,
     min_matches: int,
 ) -> int:
-    """Write cameras, rigs, frames, images, keypoints and raw matches; return the number of pairs written.
+    """Write one camera and rig per group (setting each group's ``camera_id``), then frames, images,
+    keypoints and raw matches; return the number of pairs written.
 
     Keypoints get COLMAP's +0.5 pixel origin. Pairs with fewer than ``min_matches`` matches are left out.
     """
     if db_path.exists():
         db_path.unlink()
-    sizes = {name: f.image_size for name, f in features.items()}
-    groups = camera_groups(sizes, cfg.camera_mode)
     written = 0
     with pycolmap.Database.open(str(db_path)) as db, pycolmap.DatabaseTransaction(db):
-        camera_ids: dict[int, int] = {}
-        rig_ids: dict[int, int] = {}
+        rig_of: dict[str, tuple[pycolmap.sensor_t, int]] = {}
+        for group in groups:  # in order of their first image, as the images below
+            group.camera_id = db.write_camera(cameras.make_camera(group, camera_model))
+            sensor = pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=group.camera_id)
+            rig = pycolmap.Rig()
+            rig.add_ref_sensor(sensor)
+            rig_of.update(dict.fromkeys(group.images, (sensor, db.write_rig(rig))))
         image_ids: dict[str, int] = {}
-        for name in sorted(features):
-            g = groups[name]
-            if g not in camera_ids:
-                w, h = sizes[name]
-                camera_ids[g] = db.write_camera(initial_camera(cfg.camera_model, w, h))
-                rig = pycolmap.Rig()
-                rig.add_ref_sensor(pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=camera_ids[g]))
-                rig_ids[g] = db.write_rig(rig)
-            cam_id = camera_ids[g]
-            image_id = db.write_image(pycolmap.Image(name=name, camera_id=cam_id))
-            frame = pycolmap.Frame(rig_id=rig_ids[g])
-            frame.add_data_id(
-                pycolmap.data_t(sensor_id=pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=cam_id), id=image_id)
-            )
+        for name in sorted(rig_of):
+            sensor, rig_id = rig_of[name]
+            image_ids[name] = image_id = db.write_image(pycolmap.Image(name=name, camera_id=sensor.id))
+            frame = pycolmap.Frame(rig_id=rig_id)
+            frame.add_data_id(pycolmap.data_t(sensor_id=sensor, id=image_id))
             db.write_frame(frame)
-            image_ids[name] = image_id
             db.write_keypoints(image_id, features[name].keypoints.astype(np.float32) + 0.5)
         for (a, b), (idx, _scores) in sorted(matches.items()):
             if len(idx) >= min_matches and a in image_ids and b in image_ids:
@@ -158,14 +141,16 @@ def _largest_first(
 
 
 def incremental(
-    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, relaxed: bool = False
+    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, fixed: set[int], relaxed: bool = False
 ) -> list[pycolmap.Reconstruction]:
     """pycolmap incremental mapping; returns every model, largest first.
 
+    fixed: ids of cameras whose intrinsics bundle adjustment holds constant (known intrinsics).
     relaxed: a second attempt for scenes the defaults leave partly unregistered: a smaller initial
     triangulation angle (8 instead of 16 degrees) and fewer inliers needed to register an image.
     """
     opts = pycolmap.IncrementalPipelineOptions()
+    opts.constant_cameras = set(fixed)
     opts.min_model_size = cfg.min_model_size
     opts.max_num_models = cfg.max_num_models
     opts.num_threads = cfg.num_threads
@@ -181,7 +166,8 @@ def incremental(
 
 
 PP_MIN_IMAGES = 10
-"""``refine_principal_point=auto`` needs every camera of a model to be shared by this many registered images."""
+"""``refine_principal_point=auto`` refines the principal point of a camera only when it is shared by this
+many registered images (and has earned its sharing: ``stages/cameras.py``)."""
 PP_MIN_SPREAD = 0.7
 """``auto`` needs the observations to span the frame: the median over images of the 5-95 percentile range of
 their observed keypoints must cover this share of the width and of the height. Points bunched in the middle
@@ -194,12 +180,13 @@ Real cameras' principal points lie within about 1% of the centre; a larger move 
 it to absorb something else (weak geometry: seen on 10 object-centred renders, whose true centre moved 4%)."""
 
 
-def observation_spread(rec: pycolmap.Reconstruction) -> float:
-    """How much of the frame the observations of 3D points span: the median over registered images of the
-    5-95 percentile range of their observed keypoints, as a share of the image, in the narrower axis."""
+def observation_spread(rec: pycolmap.Reconstruction, camera_ids: set[int]) -> float:
+    """How much of the frame the observations of 3D points span: the median over registered images of
+    ``camera_ids`` of the 5-95 percentile range of their observed keypoints, as a share of the image, in the
+    narrower axis."""
     spans = []
     for image in rec.images.values():
-        if not image.has_pose:
+        if not image.has_pose or image.camera_id not in camera_ids:
             continue
         xy = np.array([p.xy for p in image.points2D if p.has_point3D()], np.float64).reshape(-1, 2)
         if len(xy) < 10:
@@ -210,44 +197,67 @@ def observation_spread(rec: pycolmap.Reconstruction) -> float:
     return float(np.median(spans)) if spans else 0.0
 
 
+def _adjust_principal_points(rec: pycolmap.Reconstruction, refine: set[int], num_threads: int) -> float:
+    """Bundle adjustment of ``rec`` in place refining the principal point (and the other intrinsics) of the
+    cameras ``refine``; every other camera's intrinsics are held constant. Returns the largest principal
+    point move of a refined camera, as a share of its image's long side."""
+    config = pycolmap.BundleAdjustmentConfig()
+    for image in rec.images.values():
+        if image.has_pose:
+            config.add_image(image.image_id)
+    for camera_id in rec.cameras:
+        if camera_id not in refine:
+            config.set_constant_cam_intrinsics(camera_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_principal_point = True
+    opts.print_summary = False
+    opts.ceres.solver_options.num_threads = num_threads
+    pycolmap.create_default_bundle_adjuster(opts, config, rec).solve()
+    cams = [rec.cameras[c] for c in refine]
+    return max(
+        max(abs(c.principal_point_x - c.width / 2), abs(c.principal_point_y - c.height / 2)) / max(c.width, c.height)
+        for c in cams
+    )
+
+
 def refine_principal_point(
-    rec: pycolmap.Reconstruction, mode: str, num_threads: int
+    rec: pycolmap.Reconstruction, mode: str, num_threads: int, shared: set[int]
 ) -> tuple[pycolmap.Reconstruction, str]:
-    """A final bundle adjustment that also refines each camera's principal point (COLMAP keeps it at the
-    image centre). The mapper's model stays as it is for ``never``, for ``auto`` when a camera is shared by
-    fewer than :data:`PP_MIN_IMAGES` registered images, the observations span less than :data:`PP_MIN_SPREAD`
-    of the frame, or a principal point moves more than :data:`PP_MAX_SHIFT` of the long side; ``always``
-    keeps the refined model in any case.
+    """A final bundle adjustment that also refines cameras' principal points (COLMAP keeps them at the
+    image centre). shared: ids of the cameras that may be refined (shared cameras that earned their sharing,
+    not known intrinsics). ``auto`` refines those of them with at least :data:`PP_MIN_IMAGES` registered
+    images, when the observations of their images span at least :data:`PP_MIN_SPREAD` of the frame, and keeps
+    the result only if no principal point moves more than :data:`PP_MAX_SHIFT` of the long side; ``always``
+    refines and keeps every camera of ``shared``; ``never`` leaves the model as it is.
 
     Returns the model to keep and a note for the scene report.
     """
     if mode == "never":
         return rec, "kept at the image centre (mapping.refine_principal_point=never)"
     per_camera = Counter(im.camera_id for im in rec.images.values() if im.has_pose)
-    if mode == "auto" and min(per_camera.values(), default=0) < PP_MIN_IMAGES:
-        return rec, f"kept at the image centre: a camera has fewer than {PP_MIN_IMAGES} registered images"
-    spread = observation_spread(rec)
+    refine = {c for c in shared & set(per_camera) if mode == "always" or per_camera[c] >= PP_MIN_IMAGES}
+    if not refine:
+        return rec, f"kept at the image centre: no shared camera with {PP_MIN_IMAGES} registered images"
+    spread = observation_spread(rec, refine)
     if mode == "auto" and spread < PP_MIN_SPREAD:
         return rec, f"kept at the image centre: observations span {100 * spread:.0f}% of the frame (weak geometry)"
     refined = pycolmap.Reconstruction(rec)
-    opts = pycolmap.BundleAdjustmentOptions()
-    opts.refine_principal_point = True
-    opts.print_summary = False
-    opts.ceres.solver_options.num_threads = num_threads
-    pycolmap.bundle_adjustment(refined, opts)
-    shift = max(
-        max(abs(c.principal_point_x - c.width / 2), abs(c.principal_point_y - c.height / 2)) / max(c.width, c.height)
-        for c in refined.cameras.values()
-    )
+    shift = _adjust_principal_points(refined, refine, num_threads)
     if mode == "auto" and shift > PP_MAX_SHIFT:
         return rec, f"kept at the image centre: refining moved it {100 * shift:.1f}% of the image (weak geometry)"
-    return refined, f"refined (moved {100 * shift:.1f}% of the image from the centre)"
+    return refined, f"refined for {len(refine)} camera(s) (moved up to {100 * shift:.1f}% of the image from the centre)"
 
 
-def global_sfm(db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig) -> list[pycolmap.Reconstruction]:
+def global_sfm(
+    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, fixed_all: bool
+) -> list[pycolmap.Reconstruction]:
     """pycolmap's global mapper (GLOMAP: rotation averaging, then global positioning); every model,
-    largest first."""
+    largest first. It can hold intrinsics constant only for every camera at once (``fixed_all``)."""
     opts = pycolmap.GlobalPipelineOptions()
+    if fixed_all:
+        ba = opts.mapper.bundle_adjustment
+        ba.refine_focal_length = ba.refine_principal_point = ba.refine_extra_params = False
     opts.min_model_size = cfg.min_model_size
     opts.num_threads = cfg.num_threads
     opts.random_seed = cfg.seed
@@ -255,29 +265,100 @@ def global_sfm(db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig
 
 
 def map_database(
-    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, num_images: int
-) -> tuple[list[pycolmap.Reconstruction], dict[str, int], str]:
-    """Mapping (``cfg.mapper``: incremental or global), a relaxed incremental second attempt when the largest
-    model registers fewer than ``cfg.retry_below * num_images`` images, then the principal-point refinement
-    of every model.
+    db_path: Path,
+    image_dir: Path,
+    out_dir: Path,
+    cfg: MappingConfig,
+    num_images: int,
+    groups: list[cameras.CameraGroup],
+    retry: bool = True,
+) -> tuple[list[pycolmap.Reconstruction], dict[str, int]]:
+    """Mapping (``cfg.mapper``: incremental or global), then (with ``retry``) a relaxed incremental second
+    attempt when the largest model registers fewer than ``cfg.retry_below * num_images`` images.
 
-    Returns the models of the better attempt (largest first), the images registered in the largest model
-    of each attempt, and what the refinement did to the largest model."""
+    Returns the models of the better attempt (largest first) and the images registered in the largest
+    model of each attempt."""
+    fixed = {g.camera_id for g in groups if g.fixed}
     if cfg.mapper == "global":
-        models = global_sfm(db_path, image_dir, out_dir, cfg)
+        models = global_sfm(db_path, image_dir, out_dir, cfg, fixed_all=bool(groups) and len(fixed) == len(groups))
     else:
-        models = incremental(db_path, image_dir, out_dir, cfg)
+        models = incremental(db_path, image_dir, out_dir, cfg, fixed)
     attempts = {"default": models[0].num_reg_images() if models else 0}
-    if cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
-        again = incremental(db_path, image_dir, out_dir, cfg, relaxed=True)
+    if retry and cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
+        again = incremental(db_path, image_dir, out_dir, cfg, fixed, relaxed=True)
         attempts["relaxed"] = again[0].num_reg_images() if again else 0
         if attempts["relaxed"] > attempts["default"]:
             models = again
+    return models, attempts
+
+
+def _database_and_models(
+    scene_dir: Path,
+    image_dir: Path,
+    features: dict[str, Features],
+    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    groups: list[cameras.CameraGroup],
+    cfg: MappingConfig,
+    min_matches: int,
+    result: SceneResult,
+    test: bool = False,
+) -> tuple[list[pycolmap.Reconstruction], dict[str, int]]:
+    """``database.db`` with the cameras of ``groups``, its verification and :func:`map_database`; counts
+    and seconds go into ``result``. test: the camera test's mapping (no relaxed retry; its seconds are
+    ``camera_test``)."""
+    db_path = scene_dir / "database.db"
+    t0 = time.perf_counter()
+    result.num_pairs = build_database(db_path, features, matches, groups, cfg.camera_model, min_matches)
+    t1 = time.perf_counter()
+    result.num_verified_pairs = verify(db_path, cfg) if result.num_pairs else 0
+    t2 = time.perf_counter()
+    models: list[pycolmap.Reconstruction] = []
+    attempts: dict[str, int] = {}
+    if result.num_verified_pairs:
+        models, attempts = map_database(db_path, image_dir, scene_dir / "sparse", cfg, len(features), groups, not test)
+    if test:
+        result.seconds["camera_test"] = time.perf_counter() - t0
+    else:
+        result.seconds.update(database=t1 - t0, verification=t2 - t1, mapping=time.perf_counter() - t2)
+    return models, attempts
+
+
+def map_scene(
+    scene_dir: Path,
+    image_dir: Path,
+    features: dict[str, Features],
+    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    groups: list[cameras.CameraGroup],
+    cfg: MappingConfig,
+    min_matches: int,
+    result: SceneResult,
+) -> list[pycolmap.Reconstruction]:
+    """Database, verification and mapping with the planned cameras, after a test mapping when some shared
+    camera must earn its sharing (``stages/cameras.py``: its images' focal lengths, each estimated with a
+    camera of its own, decide which of them share); last, the principal-point refinement of every model.
+    Fills ``result``'s counts, attempts, ``cameras`` and ``principal_point``; returns the models, largest
+    first."""
+    earning = {n for g in groups if g.earn for n in g.images}
+    tested = None
+    if earning:  # the test mapping: one camera per image where sharing must be earned
+        trial, _ = _database_and_models(
+            scene_dir, image_dir, features, matches, cameras.unshare(groups), cfg, min_matches, result, test=True
+        )
+        tested = trial[0].num_reg_images() if trial else 0
+        groups = cameras.regroup(groups, cameras.model_focals(trial, earning))
+    models, result.attempts = _database_and_models(
+        scene_dir, image_dir, features, matches, groups, cfg, min_matches, result
+    )
+    shared = {g.camera_id for g in groups if g.known is None and len(g.images) > 1}
     notes = []
     for k, rec in enumerate(models):
-        models[k], note = refine_principal_point(rec, cfg.refine_principal_point, cfg.num_threads)
+        models[k], note = refine_principal_point(rec, cfg.refine_principal_point, cfg.num_threads, shared)
         notes.append(note)
-    return models, attempts, notes[0] if notes else ""
+    result.principal_point = notes[0] if notes else ""
+    result.cameras = cameras.describe(groups, cfg.camera_mode, models[0] if models else None)
+    if tested is not None:
+        result.cameras["test_registered"] = tested
+    return models
 
 
 TWO_VIEW_MIN_INLIERS = 100
@@ -358,13 +439,20 @@ def stored_pose(pose: tuple[list[float], list[float]], turn: int) -> tuple[list[
     return R.ravel().tolist(), t.tolist()
 
 
-def inputs_digest(features: dict[str, Features], matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]) -> str:
-    """Digest of which images and pairs a model was built from (with the stage key: when to reuse it)."""
+def inputs_digest(
+    features: dict[str, Features],
+    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    groups: list[cameras.CameraGroup],
+) -> str:
+    """Digest of which images, pairs and planned cameras (EXIF, known intrinsics) a model was built from
+    (with the stage key: when to reuse it)."""
     h = hashlib.sha1()
     for name in sorted(features):
         h.update(f"{name}\0{len(features[name].keypoints)}\n".encode())
     for a, b in sorted(matches):
         h.update(f"{a}\0{b}\0{len(matches[(a, b)][0])}\n".encode())
+    for g in groups:
+        h.update(repr((g.images, g.size, g.source, g.prior_focal, g.known, g.earn, g.fixed)).encode())
     return h.hexdigest()[:12]
 
 
@@ -378,59 +466,37 @@ def run(
     min_matches: int,
     keys: dict[str, str],
     rotated: dict[str, int] | None = None,
+    known: tuple[cameras.KnownCamera, ...] = (),
 ) -> SceneResult:
-    """Files in, files out for one scene: ``features.h5`` and the match shards of ``keys["matches"]`` in;
-    ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
+    """Files in, files out for one scene: ``features.h5``, the match shards of ``keys["matches"]`` and the
+    photos' EXIF in; ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
 
     A finished scene whose ``scene.json`` carries the same key (settings and inputs) is reused as is.
     rotated: images the orientation stage set upright (image -> degrees); their features and model hold the
     upright image, and their poses in the result are turned back to the photo as stored.
+    known: the entries of ``cfg.cameras_file`` (read once by the driver).
     """
     if not logger.isEnabledFor(logging.DEBUG):
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
-    t0 = time.perf_counter()
     result = SceneResult(dataset=dataset, scene=scene, num_images=num_images, rotated=dict(rotated or {}))
     try:
         features = read_features_h5(scene_dir / "features.h5")
         matches = matches_from_table(read_shards(shard_dir(scene_dir, "matches", keys["matches"]), MATCH_SHARD_SCHEMA))
-        result.key = f"{keys['mapping']}-{inputs_digest(features, matches)}"
+        sizes = {name: f.image_size for name, f in features.items()}
+        fix = cfg.known_intrinsics == "fixed"
+        groups = cameras.plan(sizes, image_dir, cfg.camera_mode, known, f"{dataset}/{scene}", rotated, fix)
+        result.key = f"{keys['mapping']}-{inputs_digest(features, matches, groups)}"
         previous = _load_result(scene_dir / "scene.json")
         if previous is not None and previous.key == result.key and previous.error is None:
             previous.reused = True
             previous.num_images = num_images
             return previous
         write_matches_h5(scene_dir / "matches.h5", matches, {n: len(f.keypoints) for n, f in features.items()})
-        result.num_pairs = build_database(scene_dir / "database.db", features, matches, cfg, min_matches)
-        result.seconds["database"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        result.num_verified_pairs = verify(scene_dir / "database.db", cfg) if result.num_pairs else 0
-        result.seconds["verification"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        models: list[pycolmap.Reconstruction] = []
-        if result.num_verified_pairs:
-            models, result.attempts, result.principal_point = map_database(
-                scene_dir / "database.db", image_dir, scene_dir / "sparse", cfg, len(features)
-            )
+        models = map_scene(scene_dir, image_dir, features, matches, groups, cfg, min_matches, result)
+        t0 = time.perf_counter()
         write_models(models, scene_dir / "sparse")
-        result.seconds["mapping"] = time.perf_counter() - t2
-        result.model_sizes = [m.num_reg_images() for m in models]
-        if cfg.clusters:
-            result.clusters = {}
-            for k in reversed(range(len(models))):  # largest model last: it wins shared images
-                model_poses = poses_of(models[k])
-                result.poses.update(model_poses)
-                result.clusters.update(dict.fromkeys(model_poses, k))
-            if not models:
-                result.note = "no cluster: every image is an outlier"
-        elif models:
-            result.poses = poses_of(models[0])
-        elif len(features) < 2:
-            result.note = f"{len(features)} readable image(s): nothing to reconstruct"
-        elif result.num_verified_pairs:
-            result.poses, result.note = two_view_fallback(scene_dir / "database.db", cfg.seed)
-        else:
-            result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
-        result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
+        result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
+        _fill_poses(result, models, len(features), scene_dir / "database.db", cfg)
         if result.note:
             logger.warning("scene %s/%s: %s", dataset, scene, result.note)
     except Exception as exc:
@@ -438,6 +504,30 @@ def run(
         result.error = f"{type(exc).__name__}: {exc}"
     write_text_atomic(scene_dir / "scene.json", json.dumps(asdict(result), indent=1))
     return result
+
+
+def _fill_poses(
+    result: SceneResult, models: list[pycolmap.Reconstruction], num_readable: int, db_path: Path, cfg: MappingConfig
+) -> None:
+    """The result's model sizes, poses (turned back for rotated photos), clusters and note."""
+    result.model_sizes = [m.num_reg_images() for m in models]
+    if cfg.clusters:
+        result.clusters = {}
+        for k in reversed(range(len(models))):  # largest model last: it wins shared images
+            model_poses = poses_of(models[k])
+            result.poses.update(model_poses)
+            result.clusters.update(dict.fromkeys(model_poses, k))
+        if not models:
+            result.note = "no cluster: every image is an outlier"
+    elif models:
+        result.poses = poses_of(models[0])
+    elif num_readable < 2:
+        result.note = f"{num_readable} readable image(s): nothing to reconstruct"
+    elif result.num_verified_pairs:
+        result.poses, result.note = two_view_fallback(db_path, cfg.seed)
+    else:
+        result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
+    result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
 
 
 def _load_result(path: Path) -> SceneResult | None:
