@@ -36,6 +36,23 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
 
 Every HDF5 file carries the root attributes ``imc_ray_format`` (= FORMAT_VERSION) and ``kind``.
 
+``scene.json`` → ``cameras`` (also in ``run.json`` → ``scenes.*.cameras``): ``count``, ``decision`` (words),
+``test_registered`` (when a test mapping with one camera per photo decided the sharing) and ``groups``, one
+per COLMAP camera: ``first_image``, ``images`` (count), ``size`` [w, h], ``source`` (``known``, ``exif``,
+``size``, ``folder``, ``image``, ``focal``), ``prior_focal`` and ``focal`` (pixels, or null), ``fixed``,
+``note``.
+
+Known intrinsics (an input: ``mapping.cameras_file``, read by ``stages/cameras.py: read_cameras_file``), JSON::
+
+    {"imc_ray_cameras": 1,
+     "cameras": [{"images": "<glob>", "model": "<COLMAP model>", "width": W, "height": H, "params": [...]}]}
+
+``images`` is an ``fnmatch`` glob on ``<dataset>/<scene>/<image name>`` (``*`` also matches ``/``); the first
+entry that matches a photo gives its camera (one camera per entry and scene). ``model`` is a COLMAP camera
+model name (``PINHOLE``, ``SIMPLE_RADIAL``, ``OPENCV``, ...) and ``params`` its parameters in COLMAP's order
+and pixel convention (the centre of the top-left pixel is (0.5, 0.5)), for photos of ``width`` x ``height``
+as decoded (EXIF orientation applied).
+
 Parquet shards use portable Arrow types only (no Ray tensor extension types); arrays are flattened
 row-major into ``list<...>`` columns with their shape in the scalar columns (schemas below).
 

@@ -43,12 +43,12 @@ def subset(source: Path, dest: Path, step: int) -> Path:
     return dest
 
 
-def extract(image_dir: Path, cfg: FeaturesConfig) -> dict[str, Features]:
-    """ALIKED features of every image in ``image_dir`` (CPU)."""
+def extract(paths: list[Path], cfg: FeaturesConfig) -> dict[str, Features]:
+    """ALIKED features of the images at ``paths`` (CPU), by file name."""
     device = torch.device("cpu")
     model = features.load_aliked(cfg, device)
     out = {}
-    for path in sorted(image_dir.iterdir()):
+    for path in paths:
         image, size = catalog.load_image(path, ImagesConfig(), cfg.resize)
         out[path.name] = features.extract(model, [image], [size], device)[0]
     return out
