@@ -12,7 +12,7 @@ import pytest
 from imc_ray.config import build_config, stage_keys
 from imc_ray.distributed import actors
 from imc_ray.distributed.decode import decode_batch
-from imc_ray.formats import FEATURE_SHARD_SCHEMA, read_shards, shard_dir
+from imc_ray.formats import FEATURE_SHARD_SCHEMA, read_features_h5, read_shards, shard_dir
 from imc_ray.stages import features
 
 from .conftest import SAMPLE_SCENE
@@ -97,3 +97,17 @@ def test_scene_gate_emits_each_scene_once_when_its_last_image_passes(tmp_path: P
     assert (tmp_path / "ds" / "sc" / "features.h5").is_file()
     assert list(gate(part)["kind"]) == ["image", "image"]  # a retried batch: the scene is not emitted again
     assert json.loads((tmp_path / actors.PROGRESS_FILE).read_text()) == {"images": 3}
+
+
+def test_scene_gate_leaves_out_images_removed_since_an_earlier_run(tmp_path: Path) -> None:
+    """Resume after a photo was deleted from INPUT: its committed feature shard stays, but neither
+    features.h5 nor the pairs (nor so the model) may use it."""
+    keys = stage_keys(CFG)
+    actor = actors.FeatureActor(CFG, str(tmp_path), key=keys["features"])
+    actor(_batch(["r_20.png", "r_28.png", "r_33.png"]))  # the earlier run
+    rows = actor(_batch(["r_20.png", "r_28.png"]))  # this run: r_33.png is gone
+    gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected={("ds", "sc"): 2})
+    out = gate(rows)
+    pairs = {(a, b) for a, b, k in zip(out["name0"], out["name1"], out["kind"], strict=True) if k == "pair"}
+    assert pairs == {("r_20.png", "r_28.png")}
+    assert sorted(read_features_h5(tmp_path / "ds" / "sc" / "features.h5")) == ["r_20.png", "r_28.png"]

@@ -243,7 +243,7 @@ class SceneGate:
         done_at = time.time()
         t0 = time.perf_counter()
         sd = scene_dir(self.output, *key)
-        chosen, method = pairs.run(sd, self.cfg.retrieval, self.keys, self.use_dinov2)
+        chosen, method = pairs.run(sd, self.cfg.retrieval, self.keys, self.use_dinov2, self.seen[key])
         done = done_keys(shard_dir(sd, "matches", self.keys["matches"]), ("name0", "name1"))
         todo = [p for p in chosen if p not in done]
         logger.info("scene %s/%s: %d pairs chosen by %s, %d to match", *key, len(chosen), method, len(todo))

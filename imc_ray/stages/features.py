@@ -88,8 +88,12 @@ def extract(
     return [out[i] for i in range(len(images))]
 
 
-def consolidate(shards: Path, scene_dir: Path) -> dict[str, Features]:
-    """Merge a scene's committed feature shards (directory ``shards``) into ``scene_dir/features.h5``."""
+def consolidate(shards: Path, scene_dir: Path, names: set[str] | None = None) -> dict[str, Features]:
+    """Merge a scene's committed feature shards (directory ``shards``) into ``scene_dir/features.h5``,
+    keeping only the images ``names`` (the scene's images now: shards of an earlier run may hold images
+    since removed from INPUT); None keeps all."""
     feats = features_from_table(read_shards(shards, FEATURE_SHARD_SCHEMA))
+    if names is not None:
+        feats = {n: f for n, f in feats.items() if n in names}
     write_features_h5(scene_dir / "features.h5", feats)
     return feats

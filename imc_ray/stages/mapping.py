@@ -482,6 +482,7 @@ def run(
     try:
         features = read_features_h5(scene_dir / "features.h5")
         matches = matches_from_table(read_shards(shard_dir(scene_dir, "matches", keys["matches"]), MATCH_SHARD_SCHEMA))
+        matches = {(a, b): m for (a, b), m in matches.items() if a in features and b in features}  # images now
         sizes = {name: f.image_size for name, f in features.items()}
         fix = cfg.known_intrinsics == "fixed"
         groups = cameras.plan(sizes, image_dir, cfg.camera_mode, known, f"{dataset}/{scene}", rotated, fix)

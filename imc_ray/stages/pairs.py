@@ -98,14 +98,18 @@ def select_pairs(
     return sorted(set(knn) | set(seq)), "aliked-mean-knn+sequential"
 
 
-def run(scene_dir: Path, cfg: RetrievalConfig, keys: dict[str, str], use_dinov2: bool) -> tuple[list[Pair], str]:
+def run(
+    scene_dir: Path, cfg: RetrievalConfig, keys: dict[str, str], use_dinov2: bool, images: set[str] | None = None
+) -> tuple[list[Pair], str]:
     """Files in, files out for one scene: merge its feature shards into ``features.h5`` (and DINOv2
     shards into ``global.h5``), choose its pairs and write ``pairs.txt``.
 
-    keys: ``config.stage_keys``; use_dinov2: whether DINOv2 descriptors were computed.
+    keys: ``config.stage_keys``; use_dinov2: whether DINOv2 descriptors were computed; images: the scene's
+    images in this run (images of earlier runs since removed from INPUT are left out); None: every image
+    with features.
     Returns the pairs and the name of the method that chose them.
     """
-    feats = features.consolidate(shard_dir(scene_dir, "features", keys["features"]), scene_dir)
+    feats = features.consolidate(shard_dir(scene_dir, "features", keys["features"]), scene_dir, images)
     names = sorted(feats)
     glob: dict[str, np.ndarray] = {}
     if use_dinov2:
