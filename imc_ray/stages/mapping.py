@@ -166,8 +166,12 @@ def incremental(
 
 
 PP_MIN_IMAGES = 10
-"""``refine_principal_point=auto`` refines the principal point of a camera only when it is shared by this
-many registered images (and has earned its sharing: ``stages/cameras.py``)."""
+"""``refine_principal_point=auto`` refines principal points only in models of at least this many registered
+images ..."""
+PP_MIN_CAMERA_IMAGES = 5
+"""... and only of shared cameras (that earned their sharing: ``stages/cameras.py``) with at least this many
+registered images (a camera's principal point is fitted to its own images' observations, in a structure
+that every image of the model holds in place)."""
 PP_MIN_SPREAD = 0.7
 """``auto`` needs the observations to span the frame: the median over images of the 5-95 percentile range of
 their observed keypoints must cover this share of the width and of the height. Points bunched in the middle
@@ -226,19 +230,25 @@ def refine_principal_point(
 ) -> tuple[pycolmap.Reconstruction, str]:
     """A final bundle adjustment that also refines cameras' principal points (COLMAP keeps them at the
     image centre). shared: ids of the cameras that may be refined (shared cameras that earned their sharing,
-    not known intrinsics). ``auto`` refines those of them with at least :data:`PP_MIN_IMAGES` registered
-    images, when the observations of their images span at least :data:`PP_MIN_SPREAD` of the frame, and keeps
-    the result only if no principal point moves more than :data:`PP_MAX_SHIFT` of the long side; ``always``
-    refines and keeps every camera of ``shared``; ``never`` leaves the model as it is.
+    not known intrinsics). ``auto`` refines those of them with at least :data:`PP_MIN_CAMERA_IMAGES`
+    registered images in a model of at least :data:`PP_MIN_IMAGES`, when the observations of their images
+    span at least :data:`PP_MIN_SPREAD` of the frame, and keeps the result only if no principal point moves
+    more than :data:`PP_MAX_SHIFT` of the long side; ``always`` refines and keeps every camera of ``shared``;
+    ``never`` leaves the model as it is.
 
     Returns the model to keep and a note for the scene report.
     """
     if mode == "never":
         return rec, "kept at the image centre (mapping.refine_principal_point=never)"
     per_camera = Counter(im.camera_id for im in rec.images.values() if im.has_pose)
-    refine = {c for c in shared & set(per_camera) if mode == "always" or per_camera[c] >= PP_MIN_IMAGES}
+    small = mode == "auto" and sum(per_camera.values()) < PP_MIN_IMAGES
+    least = 1 if mode == "always" else PP_MIN_CAMERA_IMAGES
+    refine = set() if small else {c for c in shared & set(per_camera) if per_camera[c] >= least}
     if not refine:
-        return rec, f"kept at the image centre: no shared camera with {PP_MIN_IMAGES} registered images"
+        return rec, (
+            f"kept at the image centre: no shared camera with {PP_MIN_CAMERA_IMAGES} registered images "
+            f"in a model of {PP_MIN_IMAGES}"
+        )
     spread = observation_spread(rec, refine)
     if mode == "auto" and spread < PP_MIN_SPREAD:
         return rec, f"kept at the image centre: observations span {100 * spread:.0f}% of the frame (weak geometry)"
