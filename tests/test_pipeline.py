@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pycolmap
 import pytest
 
-from imc_ray import cli, evaluate
+from imc_ray import cli, evaluate, report
 from imc_ray.config import build_config
 from imc_ray.formats import read_features_h5, read_matches_h5, read_pairs
 
@@ -33,6 +33,12 @@ def test_report(sample_run: Run) -> None:
     assert lego["num_images"] == 11 and lego["pairs_method"] == "exhaustive"
     assert lego["num_registered"] >= 8
     assert lego["model_sizes"][0] == lego["num_registered"]
+    # one camera: the renders have no EXIF, so sharing was earned by the test mapping (focal lengths agree)
+    assert lego["cameras"]["count"] == 1 and lego["cameras"]["groups"][0]["source"] == "size"
+    assert "agree on focal length" in lego["cameras"]["decision"] and lego["seconds"]["camera_test"] > 0
+    summary = report.summary_table(on_disk)
+    assert "cams" in summary.splitlines()[0]
+    assert f"cameras of nerf_synthetic/lego: {lego['cameras']['decision']}" in summary
     errors = {(e["scene"], e["image"]): e["error"] for e in on_disk["errors"]}
     assert "empty file" in errors.pop(("lego", "broken.jpg"))
     for name, words in BAD_FILES.items():

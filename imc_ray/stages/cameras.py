@@ -35,8 +35,8 @@ from PIL import ExifTags, Image
 from imc_ray.config import ConfigError
 
 FOCAL_GAP = 0.12
-"""Images without EXIF keep one shared camera unless their focal lengths, each refined alone, fall into
-groups whose nearest values differ by more than this share (see :func:`split_by_focal`)."""
+"""Images without EXIF keep one shared camera unless their focal lengths, each estimated with a camera of its
+own, fall into groups whose nearest values differ by more than this share (see :func:`split_by_focal`)."""
 FOCAL_NOISE_FACTOR = 5.0
 """... and by more than this many times the spread of the estimates within the groups (median absolute
 deviation of log focal length), so that a scene whose single-image estimates are noisy is not split."""
@@ -316,9 +316,9 @@ def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[Came
 
     Sorted by focal length, the estimates are cut where neighbours differ by more than :data:`FOCAL_GAP`;
     the cut stands only when at least two parts hold two images or more and each gap exceeds
-    :data:`FOCAL_NOISE_FACTOR` times the spread within the parts. Then each part becomes a camera
-    (its median estimate as prior), and each image without an estimate a camera of its own; else the
-    group stays shared, which it has then earned. The decision is in each group's ``note``.
+    :data:`FOCAL_NOISE_FACTOR` times the spread within the parts. Then each part becomes a camera (with no
+    prior, as before the test), and each image without an estimate a camera of its own; else the group
+    stays shared, which it has then earned. The decision is in each group's ``note``.
     """
     est = sorted((f, n) for n, f in focals.items() if n in set(group.images))
     if len(est) < 3:
@@ -337,9 +337,9 @@ def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[Came
     for p in parts:
         focal = float(np.exp(np.median(logf[p])))
         note = f"split by focal length: {len(p)} image(s) near {focal:.0f} px"
-        out.append(CameraGroup([est[i][1] for i in p], group.size, "focal", prior_focal=None, note=note))
+        out.append(CameraGroup([est[i][1] for i in p], group.size, "focal", note=note))
     out += [
-        CameraGroup([n], group.size, "image", note="split: no focal estimate (not registered by the first mapping)")
+        CameraGroup([n], group.size, "image", note="split: no focal estimate (not registered by the test mapping)")
         for n in group.images
         if n not in focals
     ]
