@@ -6,6 +6,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
       run.json                     resolved config, versions, per-stage seconds and counts, per-image errors
       submission.csv               dataset,scene,image,rotation_matrix,translation_vector (world-to-camera, ';'-joined)
       .stream-progress.json        during a run only: images past feature extraction (the driver's progress bar)
+      .imc-ray-output              marker (OUTPUT_MARKER): the catalog never reads a folder holding it as input
+      .imc-ray.lock                during a run only: host, pid and start time of the run that holds OUTPUT
       <dataset>/<scene>/
         features.h5                hloc-compatible local features, one group per image name
         global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
@@ -123,9 +125,19 @@ class Features:
     image_size: tuple[int, int]
 
 
+OUTPUT_MARKER = ".imc-ray-output"
+"""Written into every OUTPUT (and work directory) when a run starts: the catalog never reads a folder that
+holds it as input (an OUTPUT inside INPUT, even from an earlier run with another OUTPUT)."""
+
+
+def image_key(name: str) -> str:
+    """An image's part of a pair key (``/`` becomes ``-``); the catalog refuses a second image with the same one."""
+    return name.replace("/", "-")
+
+
 def pair_key(name0: str, name1: str) -> str:
     """hloc's ``names_to_pair``: the HDF5 group name of a pair."""
-    return "/".join((name0.replace("/", "-"), name1.replace("/", "-")))
+    return "/".join((image_key(name0), image_key(name1)))
 
 
 def scene_dir(output: Path, dataset: str, scene: str) -> Path:
@@ -142,6 +154,8 @@ def check_writable(output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output / ".imc-ray-write-check", "ok\n")
         (output / ".imc-ray-write-check").unlink()
+        if not (output / OUTPUT_MARKER).is_file():
+            write_text_atomic(output / OUTPUT_MARKER, "imc-ray output folder: never read as input\n")
     except OSError as exc:
         raise PermissionError(
             f"cannot write to the output folder {output} ({exc.strerror or exc}); free some space, fix its "

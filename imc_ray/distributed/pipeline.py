@@ -49,7 +49,7 @@ from imc_ray.distributed.actors import (
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
 from imc_ray.stages import mapping, retrieval
-from imc_ray.stages.catalog import Scene, find_scenes
+from imc_ray.stages.catalog import Scene, catalog_errors, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,9 @@ def run(
     t_start = time.perf_counter()
     src = storage.resolve(input_root) if isinstance(input_root, str) and storage.is_uri(input_root) else None
     dst = storage.resolve(output) if isinstance(output, str) and storage.is_uri(output) else None
-    found = find_scenes(Path(input_root)) if src is None else []
+    never = [Path(output)] if dst is None else []  # OUTPUT and the work directory are never read as input
+    never += [Path(work_dir)] if work_dir else []
+    found = find_scenes(Path(input_root), exclude=never) if src is None else []
     plan = storage.image_plan(src) if src is not None else {}  # one listing; the driver holds paths only
     if dst is not None:
         storage.check_writable(dst)
@@ -156,6 +158,7 @@ def run(
             rep["stages"]["input"] = _stage_input(str(input_root), src, plan, staged)
             found = find_scenes(staged)
         scenes = [s for s in found if s.images]
+        rep["errors"].extend(catalog_errors(found))
         for s in found:
             rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
             if not s.images:
@@ -171,16 +174,12 @@ def run(
         results = _stream(scenes, out, cfg, keys, gpus, rep, upload_to) if scenes else []
     by_scene = {(r.dataset, r.scene): r for r in results}
     t0 = time.perf_counter()
+    empty = mapping.SceneResult("", "", 0, clusters={} if cfg.mapping.clusters else None)  # scenes not mapped
     rows = [
         row
-        for s in scenes
-        for row in scene_rows(
-            s.dataset,
-            s.name,
-            [ref.name for ref in s.images],
-            by_scene[(s.dataset, s.name)].poses,
-            by_scene[(s.dataset, s.name)].clusters,
-        )
+        for s in found
+        for r in [by_scene.get((s.dataset, s.name), empty)]
+        for row in scene_rows(s.dataset, s.name, s.row_names(), r.poses, r.clusters)
     ]
     n_reg = write_submission(out / "submission.csv", rows)
     rep["stages"]["submission"] = {"seconds": time.perf_counter() - t0, "registered": n_reg}
