@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from imc_ray.config import PRESETS, ConfigError, RunConfig, build_config
+from imc_ray.lock import LockError
 from imc_ray.storage import UriError, is_uri, redact, resolve, upload_tree
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     except UriError as exc:
         print(f"imc-ray: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LockError as exc:
+        print(f"imc-ray: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except (ValueError, OSError) as exc:
         print(f"imc-ray: error: {exc}", file=sys.stderr)
         return EXIT_FAIL

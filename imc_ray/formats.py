@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -191,6 +192,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_PARTIAL = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
+
+
+def remove_partial_files(folder: Path) -> int:
+    """Delete the temporary files of :func:`atomic_path` below ``folder`` (left by a run that was killed or
+    interrupted; call it only while holding the OUTPUT's lock); return how many."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if _PARTIAL.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def write_text_atomic(path: Path, text: str) -> None:

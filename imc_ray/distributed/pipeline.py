@@ -18,6 +18,7 @@ starts as a copy of OUTPUT (resume), and a task chained after each scene's mappi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -47,7 +48,8 @@ from imc_ray.distributed.actors import (
     check_orientation,
 )
 from imc_ray.distributed.decode import decode_batch
-from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
+from imc_ray.formats import check_writable, done_keys, remove_partial_files, scene_dir, shard_dir
+from imc_ray.lock import output_lock
 from imc_ray.stages import mapping, retrieval
 from imc_ray.stages.catalog import Scene, catalog_errors, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
@@ -127,7 +129,20 @@ def run(
     ``input_root`` and ``output`` are local paths or URIs (``s3://bucket/prefix``, see :mod:`imc_ray.storage`).
     With a URI OUTPUT the run works in ``work_dir`` (default :func:`storage.default_work_dir`); a URI INPUT is
     copied into ``work_dir`` (default: the local OUTPUT, or that work directory). Every node must see it.
+    The local OUTPUT (or work directory) is locked for the run (:mod:`imc_ray.lock`).
     """
+    with contextlib.ExitStack() as held:  # what the run holds (the OUTPUT lock), released however it ends
+        return _run(input_root, output, cfg, address, work_dir, held)
+
+
+def _run(
+    input_root: Path | str,
+    output: Path | str,
+    cfg: RunConfig,
+    address: str | None,
+    work_dir: Path | None,
+    held: contextlib.ExitStack,
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     src = storage.resolve(input_root) if isinstance(input_root, str) and storage.is_uri(input_root) else None
     dst = storage.resolve(output) if isinstance(output, str) and storage.is_uri(output) else None
@@ -141,6 +156,9 @@ def run(
     else:
         out = Path(output).resolve()
     check_writable(out)
+    held.enter_context(output_lock(out))
+    if remove_partial_files(out):  # left by a run that was killed; no other run writes here now
+        logger.info("removed the partial files of an interrupted run from %s", out)
     if dst is not None:  # resume; committed shards of the work directory are kept even where OUTPUT lacks them
         n = storage.download_tree(dst, out, keep=lambda rel: "shards" in rel.split("/"))
         logger.info("work directory %s: %d files copied from %s", out, n, dst.where())
