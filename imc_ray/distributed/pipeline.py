@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from imc_ray import report, storage
 from imc_ray.config import RunConfig, stage_keys
+from imc_ray.distributed import guard
 from imc_ray.distributed.actors import (
     PROGRESS_FILE,
     FeatureActor,
@@ -58,16 +59,18 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def ray_cluster(address: str | None = None) -> Iterator[None]:
-    """Attach to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``), else start a private
-    local cluster; shut down only what this call started."""
+def ray_cluster(address: str | None = None) -> Iterator[bool]:
+    """Attach to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``; it must answer within
+    ``guard.CONNECT_TIMEOUT_S``), else start a private local cluster; shut down only what this call started.
+    Yields whether this call started a private local cluster (a fixed-size one)."""
     if ray.is_initialized():
-        yield
+        yield False
         return
     target = address or os.environ.get("RAY_ADDRESS") or "local"
+    guard.probe_address(target)
     ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
     try:
-        yield
+        yield target == "local"
     finally:
         ray.shutdown()
 
@@ -170,7 +173,7 @@ def _run(
     keys = stage_keys(cfg)
     rep["stage_keys"] = keys
     logger.info("resolved config: %s", cfg.to_dict())
-    with ray_cluster(address):
+    with ray_cluster(address) as private:
         if src is not None:
             staged = (Path(work_dir).resolve() if work_dir else out) / storage.STAGED_INPUT / src.path.lstrip("/")
             rep["stages"]["input"] = _stage_input(str(input_root), src, plan, staged)
@@ -188,6 +191,9 @@ def _run(
         # model actors use 1.4-1.8 GiB each (bench/RESULTS.md); Ray Data would say so every 30 s
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
         gpus = float(ray.cluster_resources().get("GPU", 0))
+        cfg, lowered = guard.fit_resources(cfg, _use_gpu(cfg, gpus), fixed=private)  # never wait forever
+        if lowered:
+            rep["resources_lowered"] = lowered
         upload_to = str(output) if dst is not None else None
         results = _stream(scenes, out, cfg, keys, gpus, rep, upload_to) if scenes else []
     by_scene = {(r.dataset, r.scene): r for r in results}
@@ -288,15 +294,27 @@ def _split_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
     return ds
 
 
-def _watch_features(progress: Path, bar: Any, stop: threading.Event) -> None:
-    """Driver thread: move the features bar from the scene gate's progress file until ``stop``."""
+def _watch_features(progress: Path, bar: Any, stop: threading.Event, stall: guard.StallReporter) -> None:
+    """Driver thread: move the features bar from the scene gate's progress file until ``stop``; report a
+    stream that makes no progress."""
     while not stop.wait(1.0):
+        stall.check()
         try:
             seen = int(json.loads(progress.read_text())["images"])
         except (OSError, ValueError, KeyError):
             continue
         if seen > bar.n:
             bar.update(min(seen, bar.total) - bar.n)
+            stall.progress()
+
+
+def _stream_state(bars: dict[str, Any], cfg: RunConfig) -> str:
+    """What the stream waits for, for a stall report."""
+    return (
+        f"features {bars['image'].n}/{bars['image'].total} images, matching {bars['pair'].n}/{bars['pair'].total} "
+        f"pairs; each model actor needs compute.cpus_per_actor={cfg.compute.cpus_per_actor:g} CPU (shared by "
+        "the pools) or a GPU"
+    )
 
 
 def _stream(
@@ -389,10 +407,12 @@ def _stream(
     progress = output / PROGRESS_FILE
     progress.unlink(missing_ok=True)
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_features, args=(progress, bars["image"], stop), daemon=True)
+    stall = guard.StallReporter(cfg.compute.stall_report_s, lambda: _stream_state(bars, cfg))
+    watcher = threading.Thread(target=_watch_features, args=(progress, bars["image"], stop, stall), daemon=True)
     watcher.start()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            stall.progress()
             touched = set()
             for i, kind in enumerate(batch["kind"]):
                 key = (str(batch["dataset"][i]), str(batch["scene"][i]))
@@ -454,7 +474,17 @@ def _stream(
     with tqdm(total=len(futures), desc="mapping", unit="scene") as bar:
         pending = list(futures)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=cfg.compute.stall_report_s)
+            if not ready:  # a stall report: what waits, and for what
+                logger.warning(
+                    "mapping: %d scenes not finished after %g s more; each mapping task needs "
+                    "compute.mapping_cpus=%d CPUs; cluster free: %s",
+                    len(pending),
+                    cfg.compute.stall_report_s,
+                    cfg.compute.mapping_cpus,
+                    guard.free_resources(),
+                )
+                continue
             results.append(ray.get(ready[0]))
             bar.update(1)
     rep["stages"]["mapping"] = {

@@ -131,7 +131,9 @@ def _name_problem(path: Path, name: str) -> Problem | None:
         kind = f"'{ext}'" if ext else "no extension"
         return Problem(name, f"{path}: not an image file ({kind}); move it out of the images folder")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return Problem(name, f"{path!r}: the file name holds a control character (a line break?); rename it", row=True)
+        return Problem(
+            name, f"{str(path)!r}: the file name holds a control character (a line break?); rename it", row=True
+        )
     return None
 
 
