@@ -11,15 +11,21 @@
   setting (Ray would only repeat that no node type can fulfil the request).
 * :class:`StallReporter`: a stage without progress for ``compute.stall_report_s`` is logged with what
   waits, and the cluster's free resources.
+* :func:`deferred_signals`: SIGINT and SIGTERM that arrive while Ray starts are held until it has
+  started, so the run's own ``ray.shutdown`` stops every process it started (an interrupted start left
+  Ray agents behind).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import signal
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -203,3 +209,22 @@ def free_resources() -> dict[str, Any]:
     out: dict[str, Any] = {k: f"{free.get(k, 0):g}/{total[k]:g}" for k in ("CPU", "GPU") if k in total}
     out["memory_GB"] = round(free.get("memory", 0) / 1e9, 1)
     return out
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM during the block, then deliver the first one that came (main thread only;
+    elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in kinds}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])

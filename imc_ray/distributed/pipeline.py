@@ -68,7 +68,8 @@ def ray_cluster(address: str | None = None) -> Iterator[bool]:
         return
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     guard.probe_address(target)
-    ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
+    with guard.deferred_signals():  # Ctrl-C during start-up: start, then shut down below
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
     try:
         yield target == "local"
     finally:
@@ -160,6 +161,7 @@ def _run(
         out = Path(output).resolve()
     check_writable(out)
     held.enter_context(output_lock(out))
+    held.callback(remove_partial_files, out)  # however the run ends (an interrupt): no partial files left
     if remove_partial_files(out):  # left by a run that was killed; no other run writes here now
         logger.info("removed the partial files of an interrupted run from %s", out)
     if dst is not None:  # resume; committed shards of the work directory are kept even where OUTPUT lacks them
