@@ -155,13 +155,17 @@ def check_writable(output: Path) -> None:
         output.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output / ".imc-ray-write-check", "ok\n")
         (output / ".imc-ray-write-check").unlink()
-        if not (output / OUTPUT_MARKER).is_file():
-            write_text_atomic(output / OUTPUT_MARKER, "imc-ray output folder: never read as input\n")
     except OSError as exc:
         raise PermissionError(
             f"cannot write to the output folder {output} ({exc.strerror or exc}); free some space, fix its "
             "permissions or choose another OUTPUT"
         ) from None
+
+
+def mark_output(output: Path) -> None:
+    """Write :data:`OUTPUT_MARKER` into ``output`` (once), so no later run reads it as input."""
+    if not (output / OUTPUT_MARKER).is_file():
+        write_text_atomic(output / OUTPUT_MARKER, "imc-ray output folder: never read as input\n")
 
 
 def ensure_space(path: Path, nbytes: int) -> None:

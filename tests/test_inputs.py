@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from imc_ray import evaluate
-from imc_ray.formats import OUTPUT_MARKER, check_writable, image_key, pair_key
+from imc_ray.formats import OUTPUT_MARKER, image_key, mark_output, pair_key
 from imc_ray.stages.catalog import CatalogError, Scene, catalog_errors, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
@@ -170,7 +170,8 @@ def test_output_inside_input_is_never_read(tmp_path: Path) -> None:
     [scene] = find_scenes(tmp_path, exclude=[out])
     assert [r.name for r in scene.images] == ["a.png", "b.png"] and not scene.problems
     old = tmp_path / "old_out"  # another run's OUTPUT: its marker keeps it out too
-    check_writable(old)
+    old.mkdir()
+    mark_output(old)
     assert (old / OUTPUT_MARKER).is_file()
     _png(old / "pictures" / "x.png", 3)
     [scene] = find_scenes(tmp_path, exclude=[out])

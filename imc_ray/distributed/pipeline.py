@@ -49,7 +49,14 @@ from imc_ray.distributed.actors import (
     check_orientation,
 )
 from imc_ray.distributed.decode import decode_batch
-from imc_ray.formats import check_writable, done_keys, remove_partial_files, scene_dir, shard_dir
+from imc_ray.formats import (
+    check_writable,
+    done_keys,
+    mark_output,
+    remove_partial_files,
+    scene_dir,
+    shard_dir,
+)
 from imc_ray.lock import output_lock
 from imc_ray.stages import mapping, retrieval
 from imc_ray.stages.catalog import Scene, catalog_errors, find_scenes
@@ -162,6 +169,7 @@ def _run(
     check_writable(out)
     held.enter_context(output_lock(out))
     held.callback(remove_partial_files, out)  # however the run ends (an interrupt): no partial files left
+    mark_output(out)  # never read as input by a later run
     if remove_partial_files(out):  # left by a run that was killed; no other run writes here now
         logger.info("removed the partial files of an interrupted run from %s", out)
     if dst is not None:  # resume; committed shards of the work directory are kept even where OUTPUT lacks them
