@@ -178,3 +178,16 @@ def test_output_inside_input_is_never_read(tmp_path: Path) -> None:
     assert [r.name for r in scene.images] == ["a.png", "b.png"]
     with pytest.raises(CatalogError, match="is the OUTPUT folder"):
         find_scenes(tmp_path, exclude=[tmp_path])
+
+
+def test_uri_input_stages_every_photo(tmp_path: Path) -> None:
+    """A URI INPUT is copied before the catalog reads it: photos it cannot decode and names with a trailing
+    space are copied too, so they get their row and error like local ones."""
+    from imc_ray import storage
+
+    images = tmp_path / "ds" / "s" / "images"
+    _png(images / "a.png")
+    _png(images / "b.png ", 1)
+    (images / "c.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    plan = storage.image_plan(storage.resolve(f"file://{tmp_path}"))
+    assert {e.rel for e in plan["ds/s"]} == {"ds/s/images/a.png", "ds/s/images/b.png ", "ds/s/images/c.HEIC"}
