@@ -204,7 +204,10 @@ class Limit:
 
     def describe(self) -> str:
         """``"1 to 4096"``, ``"-1, or 1 to 1024"``."""
-        fmt = "{:g}".format
+
+        def fmt(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
         extra = "".join(f"{fmt(v)}, or " for v in self.special)
         return f"{extra}{fmt(self.lo)} to {fmt(self.hi)}"
 
