@@ -1,9 +1,11 @@
 """Command line: ``imc-ray run | evaluate | view | render | config | fetch-weights``.
 
 Exit codes: 0 success; 1 failure (nothing usable was produced, or bad input such as a missing
-folder); 2 usage error (unknown option or config key); 3 partial success (outputs were written but
-some images could not be read or some scene failed to map; see ``run.json``). A URI that no filesystem
-handles is a usage error (2); a bucket or folder that cannot be read or written is a failure (1).
+folder, an OUTPUT another run holds, a cluster that cannot be reached or cannot hold what a setting
+asks for); 2 usage error (unknown option, config key or out-of-range value); 3 partial success (outputs
+were written but some images could not be read or some scene failed to map; see ``run.json``); 130 / 143
+interrupted by SIGINT / SIGTERM (finished work is kept: run the same command to resume). A URI that no
+filesystem handles is a usage error (2); a bucket or folder that cannot be read or written is a failure (1).
 """
 
 from __future__ import annotations
@@ -11,15 +13,57 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
 from imc_ray.config import PRESETS, ConfigError, RunConfig, build_config
+from imc_ray.lock import LockError
 from imc_ray.storage import UriError, is_uri, redact, resolve, upload_tree
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+INTERRUPTED = "imc-ray: interrupted; run the same command to resume"
 
-logger = logging.getLogger("imc_ray")
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the run unwinds (Ray shut down, partial files removed, lock released)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Stopper:
+    """Signal handler: the first SIGINT / SIGTERM stops the run cleanly; the second is ignored while it cleans
+    up; the third ends the process at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise Interrupted(signum)
+        if self.count == 2:
+            print("imc-ray: stopping (a third signal ends it at once, without cleaning up)", file=sys.stderr)
+            return
+        os._exit(128 + signum)
+
+
+def _run_with_signals(args: argparse.Namespace) -> int:
+    """``cmd_run`` with SIGINT and SIGTERM turned into a clean stop: exit 130 / 143 and one line that says
+    how to resume."""
+    stopper = _Stopper()
+    previous = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return cmd_run(args)
+    except KeyboardInterrupt as exc:
+        print(INTERRUPTED, file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -159,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return _run_with_signals(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
         if args.command == "fetch-weights":
@@ -182,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     except UriError as exc:
         print(f"imc-ray: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except LockError as exc:
+        print(f"imc-ray: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except (ValueError, OSError) as exc:
         print(f"imc-ray: error: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -4,6 +4,11 @@ A config is a tree of frozen dataclasses. It is built from a named preset, then
 overridden with dotted ``section.key=value`` strings (from the command line) or a
 nested mapping (from a JSON file). Unknown sections or keys are errors. The
 resolved config is written to ``run.json`` beside the outputs.
+
+Every value is checked when the config is resolved, before any work starts: its type (a JSON
+``true`` is not a number, a JSON number is not a string), its choices (``Literal`` fields) and, for
+every numeric field, the range in :data:`LIMITS`. A value outside them is a :class:`ConfigError`
+that names the key, the value and what is allowed (the CLI exits with code 2).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -158,6 +164,12 @@ class ComputeConfig:
     image_batch_size: int = 2
     pair_batch_size: int = 16
     mapping_cpus: int = 2
+    resource_wait_s: float = 600.0
+    """On a cluster this run attached to (``--address``): how long to wait for a node that can hold
+    what a setting asks for (``mapping_cpus``, ``cpus_per_actor``, a GPU, ``actor_resource``) before
+    failing with the setting's name; a private local cluster is checked at once."""
+    stall_report_s: float = 300.0
+    """A stage that makes no progress for this long is reported in the log (what waits, and for what)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +187,69 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The allowed values of a numeric field: ``lo`` to ``hi`` inclusive, plus the ``special`` values
+    (such as -1 for "disabled"). A tuple field applies it to each element."""
+
+    lo: float
+    hi: float
+    special: tuple[float, ...] = ()
+
+    def allows(self, value: float) -> bool:
+        """Whether ``value`` is finite and in range (or one of the special values)."""
+        return math.isfinite(value) and (self.lo <= value <= self.hi or value in self.special)
+
+    def describe(self) -> str:
+        """``"1 to 4096"``, ``"-1, or 1 to 1024"``."""
+
+        def fmt(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        extra = "".join(f"{fmt(v)}, or " for v in self.special)
+        return f"{extra}{fmt(self.lo)} to {fmt(self.hi)}"
+
+
+_BIG = 1_000_000
+LIMITS: dict[str, Limit] = {
+    "images.background": Limit(0, 255),
+    "images.max_pixels": Limit(1, 100_000_000_000),
+    "images.min_side": Limit(1, 65_536),
+    "retrieval.image_size": Limit(14, 4_096),
+    "retrieval.exhaustive_below": Limit(0, _BIG),
+    "retrieval.num_neighbors": Limit(1, 10_000),
+    "retrieval.sequential_window": Limit(0, 10_000),
+    "features.resize": Limit(32, 65_536, special=(0,)),
+    "features.max_keypoints": Limit(1, 65_536),
+    "features.detection_threshold": Limit(0, 1),
+    "features.nms_radius": Limit(0, 32),
+    "matching.depth_confidence": Limit(0, 1, special=(-1,)),
+    "matching.width_confidence": Limit(0, 1, special=(-1,)),
+    "matching.filter_threshold": Limit(0, 1),
+    "matching.min_matches": Limit(0, _BIG),
+    "matching.rotation_min_matches": Limit(0, _BIG),
+    "matching.rotation_min_ratio": Limit(0, 1),
+    "matching.rotation_partners": Limit(1, 100),
+    "mapping.min_model_size": Limit(2, _BIG),
+    "mapping.min_num_inliers": Limit(0, _BIG),
+    "mapping.max_num_models": Limit(1, 10_000),
+    "mapping.retry_below": Limit(0, 1),
+    "mapping.num_threads": Limit(1, 1_024, special=(-1,)),
+    "mapping.seed": Limit(0, 2**31 - 1),
+    "compute.gpus_per_actor": Limit(0.01, 64),
+    "compute.cpus_per_actor": Limit(0.01, 1_024),
+    "compute.threads_per_actor": Limit(1, 1_024),
+    "compute.max_actors": Limit(0, 100_000),
+    "compute.image_batch_size": Limit(1, 4_096),
+    "compute.pair_batch_size": Limit(1, 100_000),
+    "compute.mapping_cpus": Limit(1, 1_024),
+    "compute.resource_wait_s": Limit(0, 86_400),
+    "compute.stall_report_s": Limit(1, 86_400),
+}
+"""The documented range of every numeric field, by ``section.key`` (``check_limits`` enforces it; a test
+asserts that every numeric field is listed)."""
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -206,7 +281,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` (a string from the command line, or a JSON value) to ``tp``."""
+    """Convert ``value`` (a string from the command line, or a JSON value) to ``tp``.
+
+    A JSON value must have the field's JSON type: ``true`` is not a number, ``5`` is not a string."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -214,28 +291,47 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
         return value
     if origin is tuple:
-        parts = value.split(",") if isinstance(value, str) else list(value)
         args = typing.get_args(tp)
-        if len(parts) != len(args):
+        if not isinstance(value, str | list | tuple) or len(parts := _parts(value)) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} comma-separated values, got {value!r}")
         return tuple(_coerce(p, a, where) for p, a in zip(parts, args, strict=True))
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{where}: {value!r} is not a boolean (use true or false)")
-    if tp in (int, float, str):
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where}: {value!r} is not an integer")
-        try:
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: {value!r} is not a valid {tp.__name__}") from None
+        return _coerce_bool(value, where)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {value!r} is not a string (quote it)")
+        return value
+    if tp in (int, float):
+        return _coerce_number(value, tp, where)
     raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover - programming error
+
+
+def _parts(value: str | list[Any] | tuple[Any, ...]) -> list[Any]:
+    return value.split(",") if isinstance(value, str) else list(value)
+
+
+def _coerce_bool(value: Any, where: str) -> bool:
+    """A JSON boolean, or one of the words 1/true/yes/on and 0/false/no/off."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: {value!r} is not a boolean (use true or false)")
+
+
+def _coerce_number(value: Any, tp: type, where: str) -> int | float:
+    """An int or float from a JSON number (never a boolean) or a string."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {value!r} is not a valid {tp.__name__}")
+    if tp is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{where}: {value!r} is not an integer")
+    try:
+        return typing.cast(int | float, tp(value))
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {tp.__name__}") from None
 
 
 def _replace(obj: Any, updates: Mapping[str, Any], where: str) -> Any:
@@ -311,23 +407,57 @@ def build_config(
             data = json.loads(Path(config_file).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {config_file} holds {type(data).__name__ if data is not None else 'null'}, "
+                'not a JSON object; write {"section": {"key": value}}, e.g. {"features": {"max_keypoints": 1024}}'
+            )
         data.pop("preset", None)
         cfg = _replace(cfg, data, "")
     cfg = _replace(cfg, parse_overrides(overrides), "")
+    check_limits(cfg)
     return typing.cast(RunConfig, cfg)
 
 
+def numeric_fields(cfg: RunConfig) -> dict[str, Any]:
+    """``section.key`` -> value of every int, float and tuple-of-numbers field."""
+    out: dict[str, Any] = {}
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if isinstance(value, int | float | tuple) and not isinstance(value, bool):
+                out[f"{section.name}.{f.name}"] = value
+    return out
+
+
+def check_limits(cfg: RunConfig) -> None:
+    """Raise :class:`ConfigError` for the first numeric field outside its :data:`LIMITS` range."""
+    for key, value in numeric_fields(cfg).items():
+        limit = LIMITS.get(key)
+        if limit is None:  # pragma: no cover - tests/test_config.py asserts every field is listed
+            raise ConfigError(f"{key}: no documented range (add it to imc_ray.config.LIMITS)")
+        for v in value if isinstance(value, tuple) else (value,):
+            if not limit.allows(v):
+                raise ConfigError(f"{key}={value!r} is out of range; allowed: {limit.describe()}")
+
+
 __all__ = [
+    "LIMITS",
     "PRESETS",
     "ComputeConfig",
     "ConfigError",
     "FeaturesConfig",
     "ImagesConfig",
+    "Limit",
     "MappingConfig",
     "MatchingConfig",
     "RetrievalConfig",
     "RunConfig",
     "build_config",
+    "check_limits",
     "parse_overrides",
     "stage_keys",
 ]

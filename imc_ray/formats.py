@@ -6,6 +6,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
       run.json                     resolved config, versions, per-stage seconds and counts, per-image errors
       submission.csv               dataset,scene,image,rotation_matrix,translation_vector (world-to-camera, ';'-joined)
       .stream-progress.json        during a run only: images past feature extraction (the driver's progress bar)
+      .imc-ray-output              marker (OUTPUT_MARKER): the catalog never reads a folder holding it as input
+      .imc-ray.lock                during a run only: host, pid and start time of the run that holds OUTPUT
       <dataset>/<scene>/
         features.h5                hloc-compatible local features, one group per image name
         global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
@@ -67,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator
@@ -140,9 +143,19 @@ class Features:
     image_size: tuple[int, int]
 
 
+OUTPUT_MARKER = ".imc-ray-output"
+"""Written into every OUTPUT (and work directory) when a run starts: the catalog never reads a folder that
+holds it as input (an OUTPUT inside INPUT, even from an earlier run with another OUTPUT)."""
+
+
+def image_key(name: str) -> str:
+    """An image's part of a pair key (``/`` becomes ``-``); the catalog refuses a second image with the same one."""
+    return name.replace("/", "-")
+
+
 def pair_key(name0: str, name1: str) -> str:
     """hloc's ``names_to_pair``: the HDF5 group name of a pair."""
-    return "/".join((name0.replace("/", "-"), name1.replace("/", "-")))
+    return "/".join((image_key(name0), image_key(name1)))
 
 
 def scene_dir(output: Path, dataset: str, scene: str) -> Path:
@@ -164,6 +177,12 @@ def check_writable(output: Path) -> None:
             f"cannot write to the output folder {output} ({exc.strerror or exc}); free some space, fix its "
             "permissions or choose another OUTPUT"
         ) from None
+
+
+def mark_output(output: Path) -> None:
+    """Write :data:`OUTPUT_MARKER` into ``output`` (once), so no later run reads it as input."""
+    if not (output / OUTPUT_MARKER).is_file():
+        write_text_atomic(output / OUTPUT_MARKER, "imc-ray output folder: never read as input\n")
 
 
 def ensure_space(path: Path, nbytes: int) -> None:
@@ -194,6 +213,22 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_PARTIAL = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
+
+
+def remove_partial_files(folder: Path) -> int:
+    """Delete the temporary files of :func:`atomic_path` below ``folder`` (left by a run that was killed or
+    interrupted; call it only while holding the OUTPUT's lock); return how many."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if _PARTIAL.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from imc_ray.formats import atomic_path
-from imc_ray.stages.catalog import IMAGE_EXTENSIONS
+from imc_ray.stages.catalog import IMAGE_EXTENSIONS, UNDECODABLE_PHOTOS
 
 STAGED_INPUT = ".imc-ray-input"
 """Folder (inside the work directory) that holds the local copy of a URI INPUT."""
@@ -323,7 +323,8 @@ def image_plan(remote: Remote) -> dict[str, list[Entry]]:
         if missing_bucket:
             what = f"bucket {bucket!r} does not exist (or these credentials cannot see it)"
         raise StorageError(f"input {remote.where()}: {what}; check the URI and that the images were uploaded")
-    images = [e for e in files.values() if PurePosixPath(e.rel).suffix.lower() in IMAGE_EXTENSIONS]
+    photos = IMAGE_EXTENSIONS | UNDECODABLE_PHOTOS  # HEIC & co. too: the catalog lists them with their error
+    images = [e for e in files.values() if PurePosixPath(e.rel.rstrip()).suffix.lower() in photos]
     if any(e.rel.startswith("images/") for e in images):
         return {"": [e for e in images if e.rel.startswith("images/")]}
     if any("/" not in e.rel for e in images):

@@ -18,6 +18,7 @@ starts as a copy of OUTPUT (resume), and a task chained after each scene's mappi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from imc_ray import report, storage
 from imc_ray.config import RunConfig, stage_keys
+from imc_ray.distributed import guard
 from imc_ray.distributed.actors import (
     PROGRESS_FILE,
     FeatureActor,
@@ -47,25 +49,36 @@ from imc_ray.distributed.actors import (
     check_orientation,
 )
 from imc_ray.distributed.decode import decode_batch
-from imc_ray.formats import check_writable, done_keys, scene_dir, shard_dir
+from imc_ray.formats import (
+    check_writable,
+    done_keys,
+    mark_output,
+    remove_partial_files,
+    scene_dir,
+    shard_dir,
+)
+from imc_ray.lock import output_lock
 from imc_ray.stages import cameras, mapping, retrieval
-from imc_ray.stages.catalog import Scene, find_scenes
+from imc_ray.stages.catalog import Scene, catalog_errors, find_scenes
 from imc_ray.stages.submission import scene_rows, write_submission
 
 logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def ray_cluster(address: str | None = None) -> Iterator[None]:
-    """Attach to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``), else start a private
-    local cluster; shut down only what this call started."""
+def ray_cluster(address: str | None = None) -> Iterator[bool]:
+    """Attach to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``; it must answer within
+    ``guard.CONNECT_TIMEOUT_S``), else start a private local cluster; shut down only what this call started.
+    Yields whether this call started a private local cluster (a fixed-size one)."""
     if ray.is_initialized():
-        yield
+        yield False
         return
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
+    guard.probe_address(target)
+    with guard.deferred_signals():  # Ctrl-C during start-up: start, then shut down below
+        ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
     try:
-        yield
+        yield target == "local"
     finally:
         ray.shutdown()
 
@@ -127,11 +140,27 @@ def run(
     ``input_root`` and ``output`` are local paths or URIs (``s3://bucket/prefix``, see :mod:`imc_ray.storage`).
     With a URI OUTPUT the run works in ``work_dir`` (default :func:`storage.default_work_dir`); a URI INPUT is
     copied into ``work_dir`` (default: the local OUTPUT, or that work directory). Every node must see it.
+    The local OUTPUT (or work directory) is locked for the run (:mod:`imc_ray.lock`).
     """
+    with contextlib.ExitStack() as held:  # what the run holds (the OUTPUT lock), released however it ends
+        return _run(input_root, output, cfg, address, work_dir, held)
+
+
+def _run(
+    input_root: Path | str,
+    output: Path | str,
+    cfg: RunConfig,
+    address: str | None,
+    work_dir: Path | None,
+    held: contextlib.ExitStack,
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     src = storage.resolve(input_root) if isinstance(input_root, str) and storage.is_uri(input_root) else None
     dst = storage.resolve(output) if isinstance(output, str) and storage.is_uri(output) else None
-    found = find_scenes(Path(input_root)) if src is None else []
+    known = cameras.read_cameras_file(Path(cfg.mapping.cameras_file)) if cfg.mapping.cameras_file else ()
+    never = [Path(output)] if dst is None else []  # OUTPUT and the work directory are never read as input
+    never += [Path(work_dir)] if work_dir else []
+    found = find_scenes(Path(input_root), exclude=never) if src is None else []
     plan = storage.image_plan(src) if src is not None else {}  # one listing; the driver holds paths only
     if dst is not None:
         storage.check_writable(dst)
@@ -139,6 +168,11 @@ def run(
     else:
         out = Path(output).resolve()
     check_writable(out)
+    held.enter_context(output_lock(out))
+    held.callback(remove_partial_files, out)  # however the run ends (an interrupt): no partial files left
+    mark_output(out)  # never read as input by a later run
+    if remove_partial_files(out):  # left by a run that was killed; no other run writes here now
+        logger.info("removed the partial files of an interrupted run from %s", out)
     if dst is not None:  # resume; committed shards of the work directory are kept even where OUTPUT lacks them
         n = storage.download_tree(dst, out, keep=lambda rel: "shards" in rel.split("/"))
         logger.info("work directory %s: %d files copied from %s", out, n, dst.where())
@@ -149,14 +183,14 @@ def run(
         rep["work_dir"] = str(out)
     keys = stage_keys(cfg)
     rep["stage_keys"] = keys
-    known = cameras.read_cameras_file(Path(cfg.mapping.cameras_file)) if cfg.mapping.cameras_file else ()
     logger.info("resolved config: %s", cfg.to_dict())
-    with ray_cluster(address):
+    with ray_cluster(address) as private:
         if src is not None:
             staged = (Path(work_dir).resolve() if work_dir else out) / storage.STAGED_INPUT / src.path.lstrip("/")
             rep["stages"]["input"] = _stage_input(str(input_root), src, plan, staged)
             found = find_scenes(staged)
         scenes = [s for s in found if s.images]
+        rep["errors"].extend(catalog_errors(found))
         for s in found:
             rep["scenes"][f"{s.dataset}/{s.name}"] = {"num_images": len(s.images)}
             if not s.images:
@@ -168,20 +202,19 @@ def run(
         # model actors use 1.4-1.8 GiB each (bench/RESULTS.md); Ray Data would say so every 30 s
         ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
         gpus = float(ray.cluster_resources().get("GPU", 0))
+        cfg, lowered = guard.fit_resources(cfg, _use_gpu(cfg, gpus), fixed=private)  # never wait forever
+        if lowered:
+            rep["resources_lowered"] = lowered
         upload_to = str(output) if dst is not None else None
         results = _stream(scenes, out, cfg, keys, gpus, rep, known, upload_to) if scenes else []
     by_scene = {(r.dataset, r.scene): r for r in results}
     t0 = time.perf_counter()
+    empty = mapping.SceneResult("", "", 0, clusters={} if cfg.mapping.clusters else None)  # scenes not mapped
     rows = [
         row
-        for s in scenes
-        for row in scene_rows(
-            s.dataset,
-            s.name,
-            [ref.name for ref in s.images],
-            by_scene[(s.dataset, s.name)].poses,
-            by_scene[(s.dataset, s.name)].clusters,
-        )
+        for s in found
+        for r in [by_scene.get((s.dataset, s.name), empty)]
+        for row in scene_rows(s.dataset, s.name, s.row_names(), r.poses, r.clusters)
     ]
     n_reg = write_submission(out / "submission.csv", rows)
     rep["stages"]["submission"] = {"seconds": time.perf_counter() - t0, "registered": n_reg}
@@ -272,15 +305,27 @@ def _split_blocks(ds: ray.data.Dataset, rows: int) -> ray.data.Dataset:
     return ds
 
 
-def _watch_features(progress: Path, bar: Any, stop: threading.Event) -> None:
-    """Driver thread: move the features bar from the scene gate's progress file until ``stop``."""
+def _watch_features(progress: Path, bar: Any, stop: threading.Event, stall: guard.StallReporter) -> None:
+    """Driver thread: move the features bar from the scene gate's progress file until ``stop``; report a
+    stream that makes no progress."""
     while not stop.wait(1.0):
+        stall.check()
         try:
             seen = int(json.loads(progress.read_text())["images"])
         except (OSError, ValueError, KeyError):
             continue
         if seen > bar.n:
             bar.update(min(seen, bar.total) - bar.n)
+            stall.progress()
+
+
+def _stream_state(bars: dict[str, Any], cfg: RunConfig) -> str:
+    """What the stream waits for, for a stall report."""
+    return (
+        f"features {bars['image'].n}/{bars['image'].total} images, matching {bars['pair'].n}/{bars['pair'].total} "
+        f"pairs; each model actor needs compute.cpus_per_actor={cfg.compute.cpus_per_actor:g} CPU (shared by "
+        "the pools) or a GPU"
+    )
 
 
 def _stream(
@@ -374,10 +419,12 @@ def _stream(
     progress = output / PROGRESS_FILE
     progress.unlink(missing_ok=True)
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_features, args=(progress, bars["image"], stop), daemon=True)
+    stall = guard.StallReporter(cfg.compute.stall_report_s, lambda: _stream_state(bars, cfg))
+    watcher = threading.Thread(target=_watch_features, args=(progress, bars["image"], stop, stall), daemon=True)
     watcher.start()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            stall.progress()
             touched = set()
             for i, kind in enumerate(batch["kind"]):
                 key = (str(batch["dataset"][i]), str(batch["scene"][i]))
@@ -439,7 +486,17 @@ def _stream(
     with tqdm(total=len(futures), desc="mapping", unit="scene") as bar:
         pending = list(futures)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=cfg.compute.stall_report_s)
+            if not ready:  # a stall report: what waits, and for what
+                logger.warning(
+                    "mapping: %d scenes not finished after %g s more; each mapping task needs "
+                    "compute.mapping_cpus=%d CPUs; cluster free: %s",
+                    len(pending),
+                    cfg.compute.stall_report_s,
+                    cfg.compute.mapping_cpus,
+                    guard.free_resources(),
+                )
+                continue
             results.append(ray.get(ready[0]))
             bar.update(1)
     rep["stages"]["mapping"] = {

@@ -1,10 +1,19 @@
 """Stage 1: find scenes and images, and decode images.
 
-Input layouts (``find_scenes``):
+Input layouts (``find_scenes``); exactly one applies, else the tree is refused with a message:
   * ``ROOT/<dataset>/<scene>/images/*``  (IMC style; ``labels.csv`` beside ``images/`` is ignored here);
   * ``ROOT/<scene>/images/*``            (dataset = ROOT's name);
   * ``ROOT/images/*``                    (one scene: dataset = ROOT's parent name, scene = ROOT's name);
   * ``ROOT/*``                           (one plain folder of images: dataset = scene = ROOT's name).
+Photos at the root beside scene folders, or scene folders beside ``ROOT/images``, are a
+:class:`CatalogError` that names them (never a silent merge). The OUTPUT folder, and any folder holding
+imc-ray's output marker (``formats.OUTPUT_MARKER``), is never read as input.
+
+Every file below an images folder ends in one place: an :class:`ImageRef` (decoded later), or a
+:class:`Problem` that says why it is not used (``Scene.problems``; the pipeline lists them in
+``run.json`` → ``errors``). A problem file that is a photo (an undecodable format, a name with a line
+break, a name whose HDF5 key another image has) still gets a ``nan`` row in ``submission.csv``.
+Symlinked folders are followed, each real folder once.
 
 Decoding (``decode_image``) applies the EXIF orientation, composites alpha onto a fixed background,
 expands grayscale, scales 16-bit data to 8 bits, and refuses decompression bombs and tiny images
@@ -16,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +33,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imc_ray.config import ImagesConfig
+from imc_ray.formats import OUTPUT_MARKER, image_key
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
+UNDECODABLE_PHOTOS = frozenset(
+    {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw"}
+)
+"""Photo formats Pillow cannot decode here: listed with a ``nan`` row and an error saying to convert them."""
 
 
 class CatalogError(ValueError):
@@ -48,6 +63,17 @@ class ImageRef:
 
 
 @dataclass(frozen=True)
+class Problem:
+    """A file (or, with an empty ``name``, the scene itself) that is not used, and why.
+
+    ``row``: the file is a photo, so ``submission.csv`` still lists it (with ``nan``)."""
+
+    name: str
+    error: str
+    row: bool = False
+
+
+@dataclass(frozen=True)
 class Scene:
     """One scene: a folder of images to reconstruct together."""
 
@@ -55,59 +81,174 @@ class Scene:
     name: str
     image_dir: Path
     images: tuple[ImageRef, ...]
+    problems: tuple[Problem, ...] = ()
+
+    def row_names(self) -> list[str]:
+        """The image names ``submission.csv`` lists: every usable image, then every problem photo."""
+        return [r.name for r in self.images] + [p.name for p in self.problems if p.row]
 
 
-def _list_images(image_dir: Path) -> list[Path]:
-    """Image files below ``image_dir`` (recursive, no symlinked folders: loops are impossible)."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(image_dir, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in sorted(filenames):
-            p = Path(dirpath) / fn
-            if not fn.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(p)
-    return found
+def _is_output(folder: Path, exclude: frozenset[Path]) -> bool:
+    """Whether ``folder`` is an OUTPUT (named in ``exclude``, or holding imc-ray's output marker)."""
+    return folder.resolve() in exclude or (folder / OUTPUT_MARKER).is_file()
 
 
-def _has_images(folder: Path) -> bool:
-    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+def _walk(image_dir: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every file below ``image_dir`` (symlinked folders followed once each; hidden folders and OUTPUT
+    folders not entered), and the folders not entered with the reason (OUTPUT folders are not reported)."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    seen = {image_dir.resolve()}
+    for dirpath, dirnames, filenames in os.walk(image_dir, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            sub = Path(dirpath) / d
+            if _is_output(sub, exclude):
+                logger.info("%s: an imc-ray output folder, not read as input", sub)
+            elif d.startswith("."):
+                skipped.append((sub, "hidden folder, not read; move the photos out of it to use them"))
+            elif sub.resolve() in seen:
+                skipped.append((sub, "a link to a folder read already (a loop or a duplicate); not read again"))
+            else:
+                seen.add(sub.resolve())
+                keep.append(d)
+        dirnames[:] = keep
+        files.extend(Path(dirpath) / f for f in sorted(filenames))
+    return files, skipped
 
 
-def _scene(dataset: str, name: str, image_dir: Path) -> Scene:
-    refs = tuple(
-        ImageRef(dataset=dataset, scene=name, name=p.relative_to(image_dir).as_posix(), path=str(p))
-        for p in _list_images(image_dir)
-    )
-    return Scene(dataset=dataset, name=name, image_dir=image_dir, images=refs)
+def _name_problem(path: Path, name: str) -> Problem | None:
+    """Why the file cannot be an input image by its name alone, or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "backslashreplace").decode()
+        return Problem(shown, f"{str(path).encode('utf-8', 'backslashreplace').decode()}: name is not UTF-8; rename it")
+    ext = Path(name.rstrip()).suffix.lower()
+    if ext in UNDECODABLE_PHOTOS:
+        return Problem(name, f"{path}: {ext} photos cannot be decoded here; convert it to JPEG or PNG", row=True)
+    if ext not in IMAGE_EXTENSIONS:
+        kind = f"'{ext}'" if ext else "no extension"
+        return Problem(name, f"{path}: not an image file ({kind}); move it out of the images folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return Problem(
+            name, f"{str(path)!r}: the file name holds a control character (a line break?); rename it", row=True
+        )
+    return None
 
 
-def find_scenes(root: Path) -> list[Scene]:
-    """Find the scenes of an input tree (layouts in the module docstring), sorted by (dataset, scene)."""
+def _scene(dataset: str, name: str, image_dir: Path, exclude: frozenset[Path] = frozenset()) -> Scene:
+    """The images of one scene folder, and a :class:`Problem` for every file that cannot be one."""
+    files, skipped = _walk(image_dir, exclude)
+    refs: list[ImageRef] = []
+    problems = [Problem(p.relative_to(image_dir).as_posix(), f"{p}: {why}") for p, why in skipped]
+    keys: dict[str, Path] = {}  # hloc key of an image name ('/' -> '-') -> its file: pair keys must not collide
+    for p in files:
+        rel = p.relative_to(image_dir).as_posix()
+        problem = _name_problem(p, rel)
+        key = image_key(rel)
+        if problem is None and key in keys:
+            problem = Problem(rel, f"{p}: same HDF5 key {key!r} as {keys[key]}; rename one of them", row=True)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        keys[key] = p
+        refs.append(ImageRef(dataset=dataset, scene=name, name=rel, path=str(p)))
+    return Scene(dataset=dataset, name=name, image_dir=image_dir, images=tuple(refs), problems=tuple(problems))
+
+
+def _photos(folder: Path) -> list[Path]:
+    """Files directly in ``folder`` that look like photos (by extension)."""
+    exts = IMAGE_EXTENSIONS | UNDECODABLE_PHOTOS
+    return sorted(p for p in folder.iterdir() if p.is_file() and Path(p.name.rstrip()).suffix.lower() in exts)
+
+
+def _scene_folders(root: Path, exclude: frozenset[Path]) -> list[tuple[str, str, Path]]:
+    """``(dataset, scene, folder)`` of every ``<scene>/images`` and ``<dataset>/<scene>/images`` below ``root``
+    (``images`` may be a file: :func:`find_scenes` reports it)."""
+
+    def subdirs(folder: Path) -> list[Path]:
+        found = (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in found if not _is_output(p, exclude))
+
+    out = []
+    for child in subdirs(root):
+        if (child / "images").exists():
+            out.append((root.resolve().name, child.name, child))
+            continue
+        out.extend((child.name, sub.name, sub) for sub in subdirs(child) if (sub / "images").exists())
+    return out
+
+
+def _listing(paths: Iterable[Path], root: Path) -> str:
+    names = [p.relative_to(root).as_posix() for p in paths]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def find_scenes(root: Path, exclude: Iterable[Path] = ()) -> list[Scene]:
+    """Find the scenes of an input tree (layouts in the module docstring), sorted by (dataset, scene).
+
+    ``exclude``: folders never read (the run's OUTPUT and work directory)."""
     root = Path(root)
     if not root.is_dir():
         raise CatalogError(f"input {root} is not a folder; pass an IMC-style tree or a folder of images")
-    if (root / "images").is_dir():
-        scenes = [_scene(root.resolve().parent.name, root.resolve().name, root / "images")]
-    elif _has_images(root):
-        scenes = [_scene(root.resolve().name, root.resolve().name, root)]
-    else:
-        scenes = []
-        for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (child / "images").is_dir():
-                scenes.append(_scene(root.resolve().name, child.name, child / "images"))
-                continue
-            for sub in sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                if (sub / "images").is_dir():
-                    scenes.append(_scene(child.name, sub.name, sub / "images"))
+    skip = frozenset(Path(p).resolve() for p in exclude)
+    if root.resolve() in skip:
+        raise CatalogError(f"input {root} is the OUTPUT folder; write OUTPUT to another folder")
+    folders = _scene_folders(root, skip)
+    if (root / "images").exists():
+        if folders:
+            raise CatalogError(
+                f"input {root} has both images/ and scene folders ({_listing((f for _, _, f in folders), root)}); "
+                "move images/ into a scene folder of its own, or pass one scene folder as INPUT"
+            )
+        folders = [(root.resolve().parent.name, root.resolve().name, root)]
+    elif (photos := _photos(root)) and folders:
+        raise CatalogError(
+            f"input {root} has photos beside its scene folders ({_listing(photos, root)}); "
+            "move them into a scene's images/ folder, or remove them"
+        )
+    elif photos:
+        return [_scene(root.resolve().name, root.resolve().name, root, skip)]
+    scenes = [_scene_or_problem(dataset, name, folder, skip) for dataset, name, folder in folders]
     if not scenes:
         raise CatalogError(
             f"no scenes found under {root}: expected <dataset>/<scene>/images/*, <scene>/images/* "
             "or a folder of image files (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")"
         )
+    _check_unique(scenes)
     for s in scenes:
         if not s.images:
-            logger.warning("scene %s/%s: no images in %s; it is skipped", s.dataset, s.name, s.image_dir)
-    return scenes
+            logger.warning("scene %s/%s: no usable images in %s; it is skipped", s.dataset, s.name, s.image_dir)
+    return sorted(scenes, key=lambda s: (s.dataset, s.name))
+
+
+def _scene_or_problem(dataset: str, name: str, folder: Path, exclude: frozenset[Path]) -> Scene:
+    """The scene of ``folder/images``; a scene without images and with a :class:`Problem` when ``images``
+    is not a folder."""
+    images = folder / "images"
+    if images.is_dir():
+        return _scene(dataset, name, images, exclude)
+    why = f"{images} is not a folder; put the scene's photos in a folder named images"
+    return Scene(dataset=dataset, name=name, image_dir=images, images=(), problems=(Problem("", why),))
+
+
+def _check_unique(scenes: list[Scene]) -> None:
+    """Two scene folders must not share a (dataset, scene) name: their outputs would share a folder."""
+    seen: dict[tuple[str, str], Path] = {}
+    for s in scenes:
+        other = seen.setdefault((s.dataset, s.name), s.image_dir)
+        if other != s.image_dir:
+            raise CatalogError(
+                f"{other} and {s.image_dir} are both scene {s.dataset}/{s.name}; rename one of the folders"
+            )
+
+
+def catalog_errors(scenes: Iterable[Scene]) -> list[dict[str, str]]:
+    """``run.json`` → ``errors`` entries of every :class:`Problem` (an empty ``image`` is the scene's own)."""
+    return [
+        {"dataset": s.dataset, "scene": s.name, "image": p.name, "error": p.error} for s in scenes for p in s.problems
+    ]
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:

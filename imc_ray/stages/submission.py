@@ -2,7 +2,9 @@
 
 ``dataset,scene,image,rotation_matrix,translation_vector``: world-to-camera ``x_cam = R x + t``,
 R row-major 9 numbers and t 3 numbers, each ``;``-joined; ``nan`` for every number of an image that
-was not registered. Every input image is listed, registered or not.
+was not registered. Every input image is listed, registered or not. A row with a carriage return
+in a name (Python 3.11's csv writer quotes only a line feed when lines end with one) is written with
+every field quoted, so ``csv.reader`` reads back the exact names.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ def write_submission(path: Path, rows: Iterable[tuple[str, str, str, Pose | None
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(HEADER)
     registered = 0
     for dataset, scene, name, pose in rows:
+        out = quoted if "\r" in dataset + scene + name else writer
         if pose is None:
-            writer.writerow([dataset, scene, name, ";".join(["nan"] * 9), ";".join(["nan"] * 3)])
+            out.writerow([dataset, scene, name, ";".join(["nan"] * 9), ";".join(["nan"] * 3)])
         else:
-            writer.writerow([dataset, scene, name, _join(pose[0]), _join(pose[1])])
+            out.writerow([dataset, scene, name, _join(pose[0]), _join(pose[1])])
             registered += 1
     write_text_atomic(path, buf.getvalue())
     return registered
