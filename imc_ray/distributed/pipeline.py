@@ -70,11 +70,11 @@ def ray_cluster(address: str | None = None) -> Iterator[bool]:
     """Attach to ``address`` (or $RAY_ADDRESS, as under ``ray job submit``; it must answer within
     ``guard.CONNECT_TIMEOUT_S``), else start a private local cluster; shut down only what this call started.
     Yields whether this call started a private local cluster (a fixed-size one)."""
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    guard.probe_address(target)  # also for a caller already connected: a wrong address is an error
     if ray.is_initialized():
         yield False
         return
-    target = address or os.environ.get("RAY_ADDRESS") or "local"
-    guard.probe_address(target)
     with guard.deferred_signals():  # Ctrl-C during start-up: start, then shut down below
         ray.init(address=target, logging_level=logging.WARNING, log_to_driver=True)
     try:

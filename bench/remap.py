@@ -1,0 +1,121 @@
+"""The mapping stage again, with other settings, on the features and matches of a finished run.
+
+Takes a finished imc-ray output folder, maps each of its scenes again with each variant of the mapping
+settings (``mapping.run``: cameras, database, verification, mapping, principal point) into a scratch folder
+(the run's own files are not touched), and prints seconds, cameras, registered images and accuracy against
+the reference poses::
+
+    python bench/remap.py IMC_RAY_OUTPUT TRUTH_ROOT [--variant NAME:key=value,...] [--threads N] [--out DIR]
+
+``TRUTH_ROOT`` is the run's IMC-style input with ``labels.csv`` (the mapping stage reads the photos' EXIF
+there). Each ``--variant`` names a set of ``mapping.*`` settings, e.g. ``--variant per-image:camera_mode=per_image``
+or ``--variant glomap:mapper=global``; default: one variant with the run's own settings. Photos the run's
+orientation stage turned are turned again (``run.json``). With ``--threads 1`` the results are reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imc_ray import evaluate
+from imc_ray.config import RunConfig, build_config
+from imc_ray.formats import (
+    MATCH_SHARD_SCHEMA,
+    match_rows,
+    matches_from_table,
+    read_features_h5,
+    read_shards,
+    shard_dir,
+    write_features_h5,
+    write_shard,
+)
+from imc_ray.stages import cameras, mapping
+from imc_ray.stages.submission import scene_rows, write_submission
+
+
+def scratch_scene(run_scene: Path, image_dir: Path, work: Path, match_key: str) -> int:
+    """``work`` with the run scene's ``features.h5`` and matches (key ``match_key``), restricted to the photos
+    now in ``image_dir``; returns their number."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    names = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
+    feats = {n: f for n, f in read_features_h5(run_scene / "features.h5").items() if n in names}
+    write_features_h5(work / "features.h5", feats)
+    table = read_shards(shard_dir(run_scene, "matches", match_key), MATCH_SHARD_SCHEMA)
+    rows = [(a, b, m, s) for (a, b), (m, s) in sorted(matches_from_table(table).items()) if a in feats and b in feats]
+    write_shard(shard_dir(work, "matches", match_key), match_rows("", "", rows))
+    return len(feats)
+
+
+def run_config(run: dict[str, Any], sets: list[str], scratch: Path) -> RunConfig:
+    """The run's resolved config (``run.json``) with the variant's ``mapping.*`` settings on top."""
+    data = dict(run["config"])
+    preset = data.pop("preset")
+    (scratch / "config.json").write_text(json.dumps(data))
+    return build_config(preset, [f"mapping.{s}" for s in sets], scratch / "config.json")
+
+
+def remap_scene(output: Path, truth: Path, scene: tuple[str, str], variant: tuple[str, list[str]], work: Path) -> dict:
+    """One scene, one variant: map, write a one-scene submission, score it; the table's row."""
+    run = json.loads((output / "run.json").read_text())
+    (dataset, name), (tag, sets) = scene, variant
+    image_dir = truth / dataset / name / "images"
+    keys = {"matches": run["stage_keys"]["matches"], "mapping": tag}
+    n = scratch_scene(output / dataset / name, image_dir, work, keys["matches"])
+    cfg = run_config(run, sets, work)
+    known = cameras.read_cameras_file(Path(cfg.mapping.cameras_file)) if cfg.mapping.cameras_file else ()
+    rotated = run["scenes"].get(f"{dataset}/{name}", {}).get("rotated")
+    result = mapping.run(work, image_dir, dataset, name, n, cfg.mapping, cfg.matching.min_matches, keys, rotated, known)
+    labels = evaluate.read_labels(truth / dataset / name / "labels.csv")
+    write_submission(work / "submission.csv", list(scene_rows(dataset, name, sorted(labels), result.poses, None)))
+    [score] = evaluate.evaluate(work / "submission.csv", truth)["scenes"]
+    return {
+        "scene": f"{dataset}/{name}",
+        "variant": tag,
+        "seconds": round(sum(result.seconds.values()), 1),
+        "cameras": result.cameras.get("count", 0),
+        "registered": f"{result.num_registered}/{len(labels)}",
+        **{k: round(score[k], 3) for k in ("auc@1", "auc@5", "auc@10", "imc2024_maa", "imc2023_maa")},
+        "decision": result.cameras.get("decision", ""),
+        "principal_point": result.principal_point,
+        "error": result.error,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output", type=Path, help="a finished imc-ray output folder")
+    parser.add_argument("truth", type=Path, help="the run's IMC-style input root, with labels.csv")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...")
+    parser.add_argument("--threads", type=int, default=1, help="mapping.num_threads (1: reproducible)")
+    parser.add_argument("--out", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    args = parser.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="imc-ray-remap-"))
+    variants = [(v.partition(":")[0], [s for s in v.partition(":")[2].split(",") if s]) for v in args.variant]
+    variants = [(tag, [*sets, f"num_threads={args.threads}"]) for tag, sets in variants or [("run", [])]]
+    rows = []
+    for scene in sorted(evaluate.read_truth(args.truth)):
+        if not (args.output / scene[0] / scene[1] / "features.h5").is_file():
+            print(f"{scene[0]}/{scene[1]}: not in {args.output}; skipped", file=sys.stderr)
+            continue
+        for variant in variants:
+            rows.append(remap_scene(args.output, args.truth, scene, variant, out / variant[0] / scene[0] / scene[1]))
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| scene | variant | cameras | registered | AUC@1 | AUC@5 | AUC@10 | mAA-24 | mAA-23 | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['scene']} | {r['variant']} | {r['cameras']} | {r['registered']} | {r['auc@1']} | {r['auc@5']} "
+            f"| {r['auc@10']} | {r['imc2024_maa']} | {r['imc2023_maa']} | {r['seconds']} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
