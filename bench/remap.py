@@ -21,17 +21,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from imc_ray import evaluate
+from imc_ray import evaluate, report
 from imc_ray.config import RunConfig, build_config
 from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
+    SceneLayout,
+    StageKeys,
     match_rows,
     matches_from_table,
     read_features_h5,
     read_shards,
-    shard_dir,
     write_features_h5,
     write_shard,
 )
@@ -39,23 +39,23 @@ from imc_ray.stages import cameras, mapping
 from imc_ray.stages.submission import scene_rows, write_submission
 
 
-def scratch_scene(run_scene: Path, image_dir: Path, work: Path, match_key: str) -> int:
-    """``work`` with the run scene's ``features.h5`` and matches (key ``match_key``), restricted to the photos
-    now in ``image_dir``; returns their number."""
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+def scratch_scene(run_scene: SceneLayout, image_dir: Path, work: SceneLayout) -> int:
+    """``work`` with the run scene's ``features.h5`` and matches, restricted to the photos now in ``image_dir``;
+    returns their number."""
+    shutil.rmtree(work.root, ignore_errors=True)
+    work.root.mkdir(parents=True)
     names = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
-    feats = {n: f for n, f in read_features_h5(run_scene / "features.h5").items() if n in names}
-    write_features_h5(work / "features.h5", feats)
-    table = read_shards(shard_dir(run_scene, "matches", match_key), MATCH_SHARD_SCHEMA)
+    feats = {n: f for n, f in read_features_h5(run_scene.features_h5).items() if n in names}
+    write_features_h5(work.features_h5, feats)
+    table = read_shards(run_scene.match_shards, MATCH_SHARD_SCHEMA)
     rows = [(a, b, m, s) for (a, b), (m, s) in sorted(matches_from_table(table).items()) if a in feats and b in feats]
-    write_shard(shard_dir(work, "matches", match_key), match_rows("", "", rows))
+    write_shard(work.match_shards, match_rows("", "", rows))
     return len(feats)
 
 
-def run_config(run: dict[str, Any], sets: list[str], scratch: Path) -> RunConfig:
+def run_config(run: report.RunReport, sets: list[str], scratch: Path) -> RunConfig:
     """The run's resolved config (``run.json``) with the variant's ``mapping.*`` settings on top."""
-    data = dict(run["config"])
+    data = dict(run.config)
     preset = data.pop("preset")
     (scratch / "config.json").write_text(json.dumps(data))
     return build_config(preset, [f"mapping.{s}" for s in sets], scratch / "config.json")
@@ -63,15 +63,19 @@ def run_config(run: dict[str, Any], sets: list[str], scratch: Path) -> RunConfig
 
 def remap_scene(output: Path, truth: Path, scene: tuple[str, str], variant: tuple[str, list[str]], work: Path) -> dict:
     """One scene, one variant: map, write a one-scene submission, score it; the table's row."""
-    run = json.loads((output / "run.json").read_text())
+    run = report.read_report(output / "run.json")
     (dataset, name), (tag, sets) = scene, variant
     image_dir = truth / dataset / name / "images"
-    keys = {"matches": run["stage_keys"]["matches"], "mapping": tag}
-    n = scratch_scene(output / dataset / name, image_dir, work, keys["matches"])
+    match_key = run.stage_keys["matches"]
+    keys = StageKeys(retrieval="", features="", matches=match_key, mapping=tag)
+    scratch = SceneLayout(work, keys)
+    n = scratch_scene(SceneLayout.of(output, dataset, name, keys), image_dir, scratch)
     cfg = run_config(run, sets, work)
     known = cameras.read_cameras_file(Path(cfg.mapping.cameras_file)) if cfg.mapping.cameras_file else ()
-    rotated = run["scenes"].get(f"{dataset}/{name}", {}).get("rotated")
-    result = mapping.run(work, image_dir, dataset, name, n, cfg.mapping, cfg.matching.min_matches, keys, rotated, known)
+    entry = run.scene(dataset, name)
+    rotated = entry.result.rotated if entry and entry.result else None
+    inputs = mapping.SceneInputs(scratch, image_dir, dataset, name, n)
+    result = mapping.run(inputs, cfg.mapping, cfg.matching.min_matches, rotated, known)
     labels = evaluate.read_labels(truth / dataset / name / "labels.csv")
     write_submission(work / "submission.csv", list(scene_rows(dataset, name, sorted(labels), result.poses, None)))
     [score] = evaluate.evaluate(work / "submission.csv", truth)["scenes"]

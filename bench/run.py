@@ -49,6 +49,10 @@ from common import (
     write_json,
 )
 
+from imc_ray import report
+from imc_ray.formats import SceneLayout
+from imc_ray.stages import mapping
+
 logger = logging.getLogger(__name__)
 
 PIPELINES = ("imc-ray", "sequential", "sift")
@@ -203,11 +207,33 @@ def run_pipeline(name: str, command: list[str], out: Path, log: Path, busy_befor
     return run
 
 
+def _imc_scene(folder: Path, sc: report.SceneReport) -> dict[str, Any]:
+    """bench's record of one imc-ray scene (``run.json`` entry, ``pairs.txt``, ``orientation.json``)."""
+    r = sc.result or mapping.SceneResult("", "", sc.num_images, note=sc.note)
+    layout = SceneLayout(folder)
+    pairs_txt, orientation = layout.pairs_txt, layout.orientation_json
+    return {
+        "num_pairs_matched": len(pairs_txt.read_text().splitlines()) if pairs_txt.is_file() else 0,
+        "num_images": sc.num_images,
+        "pairs_method": sc.pairs_method,
+        "num_pairs": r.num_pairs,
+        "num_verified_pairs": r.num_verified_pairs,
+        "model_sizes": r.model_sizes,
+        "attempts": r.attempts,
+        "note": r.note,
+        "orientation": json.loads(orientation.read_text()) if orientation.is_file() else None,
+        "num_registered": sc.num_registered,
+        "error": sc.error,
+        "seconds": {"mapping": sum(float(v) for v in r.seconds.values()), **r.seconds},
+    }
+
+
 def read_report(run: PipelineRun) -> None:
     """Fill the stages, counts and per-scene entries of ``run`` from its ``run.json`` / ``timings.json``."""
     if run.name == "imc-ray":
-        rep = json.loads((run.out_dir / "run.json").read_text())
-        st = rep["stages"]
+        typed = report.read_report(run.out_dir / "run.json")
+        rep = typed.to_json()
+        st = typed.stages
         run.stages = {
             "features": float(st["features"]["seconds"]),
             "pairs": float(st["pairs"]["seconds"]),
@@ -217,24 +243,8 @@ def read_report(run: PipelineRun) -> None:
         }
         run.images = int(st["features"]["images"])
         run.pairs = int(st["matching"]["pairs"])
-        for key, sc in rep["scenes"].items():
-            secs = sc.get("seconds", {})
-            pairs_txt = run.out_dir / key / "pairs.txt"
-            orientation = run.out_dir / key / "orientation.json"
-            run.scenes[key] = {
-                "num_pairs_matched": len(pairs_txt.read_text().splitlines()) if pairs_txt.is_file() else 0,
-                "num_images": sc.get("num_images", 0),
-                "pairs_method": sc.get("pairs_method", ""),
-                "num_pairs": sc.get("num_pairs", 0),
-                "num_verified_pairs": sc.get("num_verified_pairs", 0),
-                "model_sizes": sc.get("model_sizes", []),
-                "attempts": sc.get("attempts", {}),
-                "note": sc.get("note", ""),
-                "orientation": json.loads(orientation.read_text()) if orientation.is_file() else None,
-                "num_registered": sc.get("num_registered", 0),
-                "error": sc.get("error"),
-                "seconds": {"mapping": sum(float(v) for v in secs.values()), **secs},
-            }
+        for key, sc in typed.scenes.items():
+            run.scenes[key] = _imc_scene(run.out_dir / key, sc)
     else:
         rep = json.loads((run.out_dir / TIMINGS_FILE).read_text())
         st = rep["stages"]

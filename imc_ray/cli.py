@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rep = pipeline.run(args.input, args.output, cfg, address=args.address, work_dir=args.work_dir)
     print(summary_table(rep))
     remote = is_uri(args.output)
-    local = Path(rep["work_dir"] if remote else args.output).resolve()
+    local = Path(rep.work_dir if remote else args.output).resolve()
     where = redact(args.output) if remote else str(local)
     if args.pictures:
         from imc_ray.viewer.render import render
@@ -165,10 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             upload_tree(local / "pictures", resolve(args.output).child("pictures"))
         print(f"pictures: {n} PNGs in {where.partition('?')[0].rstrip('/')}/pictures")
     print(f"results: {where} (submission.csv, run.json, <dataset>/<scene>/sparse/)")
-    failed_scene = any(s.get("error") for s in rep["scenes"].values())
-    if not any(s.get("num_registered", 0) for s in rep["scenes"].values()):
+    failed_scene = any(s.error for s in rep.scenes.values())
+    if not any(s.num_registered for s in rep.scenes.values()):
         return EXIT_FAIL
-    return EXIT_PARTIAL if rep["errors"] or failed_scene else EXIT_OK
+    return EXIT_PARTIAL if rep.errors or failed_scene else EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

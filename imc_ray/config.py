@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from imc_ray.formats import StageKeys
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
@@ -358,7 +360,7 @@ def _digest(*parts: object) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def stage_keys(cfg: RunConfig) -> dict[str, str]:
+def stage_keys(cfg: RunConfig) -> StageKeys:
     """Digest of the settings each stage's outputs depend on, including every stage before it.
 
     Compute settings (actor counts, batch sizes) change speed, not results, and are left out.
@@ -368,12 +370,9 @@ def stage_keys(cfg: RunConfig) -> dict[str, str]:
     glob = _digest(images, cfg.features.resize, cfg.retrieval.model, cfg.retrieval.weights, cfg.retrieval.image_size)
     glue = {k: v for k, v in dataclasses.asdict(cfg.matching).items() if not k.startswith("rotation_")}
     matches = _digest(features, glue)  # the orientation stage keys its own record (stages/orientation.py)
-    return {
-        "global": glob,
-        "features": features,
-        "matches": matches,
-        "mapping": _digest(matches, dataclasses.asdict(cfg.mapping)),
-    }
+    return StageKeys(
+        retrieval=glob, features=features, matches=matches, mapping=_digest(matches, dataclasses.asdict(cfg.mapping))
+    )
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Output tree of ``imc-ray run INPUT OUTPUT``::
 
     OUTPUT/
-      run.json                     resolved config, versions, per-stage seconds and counts, per-image errors
+      run.json                     what the run did: config, versions, per-stage seconds and counts, errors (below)
       submission.csv               dataset,scene,image,rotation_matrix,translation_vector (world-to-camera, ';'-joined)
       .stream-progress.json        during a run only: images past feature extraction (the driver's progress bar)
       .imc-ray-output              marker (OUTPUT_MARKER): the catalog never reads a folder holding it as input
@@ -55,6 +55,22 @@ model name (``PINHOLE``, ``SIMPLE_RADIAL``, ``OPENCV``, ...) and ``params`` its 
 and pixel convention (the centre of the top-left pixel is (0.5, 0.5)), for photos of ``width`` x ``height``
 as decoded (EXIF orientation applied).
 
+``run.json`` (written by the driver, read by ``report.read_report``: the summary, the viewer and bench;
+``report.RunReport``), ``report_version`` 2 (version 1, without the key, has the same keys):
+  * ``imc_ray_format``, ``report_version``, ``started`` (UTC, ISO 8601), ``input``, ``output``, ``work_dir``
+    (a URI OUTPUT's local work directory, else empty), ``config`` (the resolved config), ``versions``;
+  * ``stage_keys``: ``retrieval``, ``features``, ``matches``, ``mapping`` (the ``<key>`` of each stage);
+  * ``retrieval``: ``dinov2`` (whether DINOv2 ran) and ``reason`` (why not);
+  * ``resources_lowered``: resource requests lowered to fit a fixed-size cluster (words);
+  * ``stages``, in run order: ``input`` (URI INPUT only: seconds, images, copied, removed), ``features``
+    (seconds, images, reused, keypoints, images_per_node), ``pairs`` (seconds, pairs), ``matching`` (seconds,
+    pairs, reused, matches, pairs_per_node), ``mapping`` (seconds_after_matching, scenes, reused),
+    ``submission`` (seconds, registered). Stages overlap: seconds are each stage's own span;
+  * ``scenes``: ``"<dataset>/<scene>"`` → ``num_images``, ``note``, ``pairs_method`` and, for a mapped
+    scene, the fields of its ``scene.json`` except ``poses`` (``mapping.SceneResult``) plus ``num_registered``;
+  * ``errors``: one entry per input file or pair not used: ``dataset``, ``scene``, ``image`` (or ``pair``),
+    ``error``; ``seconds_total``; ``driver_peak_rss_mb``.
+
 Parquet shards use portable Arrow types only (no Ray tensor extension types); arrays are flattened
 row-major into ``list<...>`` columns with their shape in the scalar columns (schemas below).
 
@@ -67,6 +83,7 @@ every stage before it (``config.stage_keys``): a rerun with the same settings re
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import re
@@ -164,6 +181,89 @@ def scene_dir(output: Path, dataset: str, scene: str) -> Path:
         if part in ("", ".", "..") or "/" in part or "\\" in part or "\0" in part:
             raise ValueError(f"dataset/scene name {part!r} cannot be used as a folder name inside {output}; rename it")
     return output / dataset / scene
+
+
+@dataclass(frozen=True)
+class StageKeys:
+    """Digest of the settings each stage's outputs depend on, including every stage before it
+    (``config.stage_keys``): the ``<key>`` of the shard folders and of ``scene.json``."""
+
+    retrieval: str
+    features: str
+    matches: str
+    mapping: str
+
+    def to_dict(self) -> dict[str, str]:
+        """As ``run.json`` → ``stage_keys`` has them."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SceneLayout:
+    """Every file and shard folder of one scene's outputs (the tree in this module's docstring).
+
+    ``keys`` is needed only for the shard folders (a reader of finished outputs, such as the viewer, has none)."""
+
+    root: Path
+    keys: StageKeys | None = None
+
+    @classmethod
+    def of(cls, output: Path, dataset: str, scene: str, keys: StageKeys | None = None) -> SceneLayout:
+        """The layout of scene ``dataset/scene`` in ``output`` (:func:`scene_dir` checks the names)."""
+        return cls(scene_dir(output, dataset, scene), keys)
+
+    @property
+    def features_h5(self) -> Path:
+        return self.root / "features.h5"
+
+    @property
+    def global_h5(self) -> Path:
+        return self.root / "global.h5"
+
+    @property
+    def pairs_txt(self) -> Path:
+        return self.root / "pairs.txt"
+
+    @property
+    def matches_h5(self) -> Path:
+        return self.root / "matches.h5"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "database.db"
+
+    @property
+    def sparse(self) -> Path:
+        """``sparse/<k>/``: every COLMAP model, largest first."""
+        return self.root / "sparse"
+
+    @property
+    def scene_json(self) -> Path:
+        return self.root / "scene.json"
+
+    @property
+    def orientation_json(self) -> Path:
+        return self.root / "orientation.json"
+
+    def shards(self, kind: str) -> Path:
+        """``shards/<kind>-<key>``: the Arrow shards of ``kind`` (``global``, ``features`` or ``matches``) for
+        this config's key; a changed setting never reads or mixes the shards of another."""
+        if self.keys is None:
+            raise ValueError(f"{self.root}: the shard folders need the run's stage keys")
+        key = {"global": self.keys.retrieval, "features": self.keys.features, "matches": self.keys.matches}[kind]
+        return self.root / "shards" / f"{kind}-{key}"
+
+    @property
+    def global_shards(self) -> Path:
+        return self.shards("global")
+
+    @property
+    def feature_shards(self) -> Path:
+        return self.shards("features")
+
+    @property
+    def match_shards(self) -> Path:
+        return self.shards("matches")
 
 
 def check_writable(output: Path) -> None:
@@ -331,13 +431,6 @@ def read_matches_h5(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.
 
 
 # ----------------------------------------------------------------------------- Parquet shards
-
-
-def shard_dir(scene: Path, kind: str, key: str) -> Path:
-    """Directory of one stage's shards for one config key, e.g. ``shards/features-<key>``.
-
-    A different key (a changed setting) never reads or mixes the shards of another."""
-    return scene / "shards" / f"{kind}-{key}"
 
 
 def _shard_files(directory: Path) -> list[Path]:

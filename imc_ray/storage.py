@@ -1,7 +1,7 @@
 """INPUT and OUTPUT on object stores: ``s3://bucket/prefix`` and any other URI that pyarrow (or, failing
 that, fsspec) can open (``gs://``, ``abfs://``, ``hdfs://``, ``file://``, ...).
 
-The pipeline itself works on local paths (``distributed/pipeline.py`` does the staging):
+The pipeline itself works on local paths; :class:`Staging` is the one object that moves data in and out:
 
 * a URI INPUT: its image files are copied into a local folder before the image stages start (one Ray
   task per scene folder, in parallel), then the catalog reads that copy;
@@ -27,20 +27,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from imc_ray.formats import atomic_path
-from imc_ray.stages.catalog import IMAGE_EXTENSIONS, UNDECODABLE_PHOTOS
+from imc_ray.formats import atomic_path, mark_output, remove_partial_files
+from imc_ray.formats import check_writable as check_local_writable
+from imc_ray.lock import output_lock
+from imc_ray.stages.catalog import input_layout, is_photo
 
 STAGED_INPUT = ".imc-ray-input"
 """Folder (inside the work directory) that holds the local copy of a URI INPUT."""
@@ -52,6 +57,8 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _SECRET_PARAM = re.compile(r"key|secret|token|password|credential|sig", re.IGNORECASE)
 _DENIED = ("access_denied", "accessdenied", "forbidden", "status 403", "credential", "invalidaccesskey", "expiredtoken")
 _THREADS = 8
+
+logger = logging.getLogger(__name__)
 
 
 class UriError(ValueError):
@@ -304,13 +311,12 @@ def check_writable(remote: Remote) -> None:
 
 
 def image_plan(remote: Remote) -> dict[str, list[Entry]]:
-    """The image files of a URI INPUT, grouped by scene folder (the prefix of its ``images/`` folder;
-    ``""`` for a single-scene tree), for the layouts of :func:`imc_ray.stages.catalog.find_scenes`:
-    ``images/*`` at the root, else image files at the root (one plain folder: everything below it),
-    else every ``.../images/*``. The catalog then reads the local copy.
+    """The photos of a URI INPUT, grouped by scene folder (``""`` for a one-scene tree), by the catalog's
+    one layout rule (:func:`imc_ray.stages.catalog.input_layout`). The catalog then reads the local copy.
 
     Raises:
         StorageError: nothing is there (a missing bucket or prefix), or it cannot be listed.
+        CatalogError: a mixed layout, or no scene.
     """
     files = list_files(remote)
     if not files:
@@ -323,18 +329,13 @@ def image_plan(remote: Remote) -> dict[str, list[Entry]]:
         if missing_bucket:
             what = f"bucket {bucket!r} does not exist (or these credentials cannot see it)"
         raise StorageError(f"input {remote.where()}: {what}; check the URI and that the images were uploaded")
-    photos = IMAGE_EXTENSIONS | UNDECODABLE_PHOTOS  # HEIC & co. too: the catalog lists them with their error
-    images = [e for e in files.values() if PurePosixPath(e.rel.rstrip()).suffix.lower() in photos]
-    if any(e.rel.startswith("images/") for e in images):
+    layout = input_layout(files, remote.where())
+    images = [e for e in files.values() if is_photo(e.rel)]  # HEIC & co. too: the catalog lists them with their error
+    if layout.kind == "images":
         return {"": [e for e in images if e.rel.startswith("images/")]}
-    if any("/" not in e.rel for e in images):
+    if layout.kind == "plain":
         return {"": images}
-    plan: dict[str, list[Entry]] = {}
-    for e in images:
-        parts = e.rel.split("/")
-        if "images" in parts[:-1]:
-            plan.setdefault("/".join(parts[: parts.index("images")]), []).append(e)
-    return plan
+    return {f: [e for e in images if e.rel.startswith(f"{f}/images/")] for f in layout.folders}
 
 
 def default_work_dir(remote: Remote) -> Path:
@@ -366,3 +367,106 @@ def prepare_work_dir(work: Path, remote: Remote) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     marker.write_text(remote.uri + "\n")
     return work
+
+
+ParallelMap = Callable[[Callable[..., tuple[int, str]], list[tuple[Any, ...]]], list[tuple[int, str]]]
+"""Runs a function on each argument tuple in parallel (the pipeline passes Ray tasks); results in order."""
+
+
+def copy_folder(uri: str, entries: list[Entry], root: Path) -> tuple[int, str]:
+    """Copy ``entries`` of the URI INPUT ``uri`` below ``root``; (files copied, error or "")."""
+    try:
+        return download(resolve(uri), entries, root), ""
+    except (StorageError, UriError) as exc:
+        return 0, str(exc)
+
+
+class Staging:
+    """Where a run reads and writes: a local or URI INPUT, and a local OUTPUT or a URI OUTPUT with its local
+    work directory. Use it as ``with Staging(...) as out:`` (``out``: the local folder the run writes).
+
+    Entering checks that OUTPUT takes files, sets up the work directory (a copy of what a URI OUTPUT holds:
+    resume), locks it (:mod:`imc_ray.lock`), marks it as an output and removes partial files an interrupted
+    run left; leaving removes partial files and releases the lock, however the run ends.
+    """
+
+    def __init__(self, input_root: Path | str, output: Path | str, work_dir: Path | None = None) -> None:
+        self.input_root, self.output, self.work_dir = input_root, output, work_dir
+        self.src = resolve(input_root) if isinstance(input_root, str) and is_uri(input_root) else None
+        self.dst = resolve(output) if isinstance(output, str) and is_uri(output) else None
+        self.plan = image_plan(self.src) if self.src is not None else {}  # one listing; the driver holds paths
+        if self.dst is not None:
+            check_writable(self.dst)
+        self.local = (
+            prepare_work_dir(work_dir or default_work_dir(self.dst), self.dst)
+            if self.dst is not None
+            else Path(output).resolve()
+        )
+        self._held = contextlib.ExitStack()
+
+    def __enter__(self) -> Path:
+        out = self.local
+        check_local_writable(out)
+        self._held.enter_context(output_lock(out))
+        self._held.callback(remove_partial_files, out)  # however the run ends: no partial files left
+        mark_output(out)  # never read as input by a later run
+        if remove_partial_files(out):  # left by a run that was killed; no other run writes here now
+            logger.info("removed the partial files of an interrupted run from %s", out)
+        if self.dst is not None:  # resume; committed shards of the work directory are kept even where OUTPUT lacks them
+            n = download_tree(self.dst, out, keep=lambda rel: "shards" in rel.split("/"))
+            logger.info("work directory %s: %d files copied from %s", out, n, self.dst.where())
+        return out
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.close()
+
+    @property
+    def input_label(self) -> str:
+        """INPUT as ``run.json`` names it (a local path resolved; a URI redacted)."""
+        return self.src.uri if self.src is not None else str(Path(self.input_root).resolve())
+
+    @property
+    def output_label(self) -> str:
+        """OUTPUT as ``run.json`` names it."""
+        return self.dst.uri if self.dst is not None else str(self.local)
+
+    @property
+    def upload_to(self) -> str | None:
+        """The OUTPUT URI each finished scene is uploaded to, or None for a local OUTPUT."""
+        return str(self.output) if self.dst is not None else None
+
+    def never_input(self) -> list[Path]:
+        """Folders the catalog must never read as input: OUTPUT and the work directory."""
+        return ([Path(self.output)] if self.dst is None else []) + ([Path(self.work_dir)] if self.work_dir else [])
+
+    def input_folder(self) -> Path:
+        """The local folder the catalog reads: INPUT itself, or the staged copy of a URI INPUT."""
+        if self.src is None:
+            return Path(self.input_root)
+        base = Path(self.work_dir).resolve() if self.work_dir else self.local
+        return base / STAGED_INPUT / self.src.path.lstrip("/")
+
+    def fetch_input(self, parallel: ParallelMap) -> dict[str, float]:
+        """Copy a URI INPUT's images into :meth:`input_folder` (one call of ``parallel`` per scene folder;
+        files already there are skipped, files no longer in INPUT deleted); the counts for ``run.json``."""
+        assert self.src is not None
+        t0 = time.perf_counter()
+        root = self.input_folder()
+        removed = prune(root, (e.rel for entries in self.plan.values() for e in entries))
+        done = parallel(
+            copy_folder, [(str(self.input_root), entries, root) for _, entries in sorted(self.plan.items())]
+        )
+        errors = [err for _, err in done if err]
+        if errors:
+            more = f" (and {len(errors) - 1} more scene folders)" if len(errors) > 1 else ""
+            raise StorageError(errors[0] + more)
+        files = sum(len(entries) for entries in self.plan.values())
+        copied = sum(n for n, _ in done)
+        logger.info("input %s: %d images, %d copied to %s", self.src.where(), files, copied, root)
+        return {"seconds": time.perf_counter() - t0, "images": files, "copied": copied, "removed": removed}
+
+    def finish(self, names: tuple[str, ...] = ("submission.csv", "run.json")) -> None:
+        """Upload the run's top-level files to a URI OUTPUT, in order (``run.json`` last: the run is complete)."""
+        if self.dst is not None:
+            for name in names:
+                upload_file(self.local / name, self.dst, name)

@@ -129,7 +129,7 @@ def sample_run(
     from imc_ray.distributed import pipeline
 
     out = tmp_path_factory.mktemp("sample_run")
-    rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG))
+    rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG)).to_json()
     return out, rep
 
 

@@ -12,15 +12,15 @@ from types import ModuleType
 import torch
 
 from imc_ray.config import FeaturesConfig, ImagesConfig, MatchingConfig
-from imc_ray.formats import Features, match_rows, shard_dir, write_features_h5, write_shard
+from imc_ray.formats import Features, SceneLayout, StageKeys, match_rows, write_features_h5, write_shard
 from imc_ray.stages import catalog, features, matching
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FOX = SHARED / "instant_ngp" / "fox"
 """25 real phone photos with reference poses (non-commercial licence: read from ../shared, never bundled)."""
-MATCH_KEY = "test"
-"""Stage key of the match shards written by :func:`write_scene`."""
+KEYS = StageKeys(retrieval="", features="", matches="test", mapping="test")
+"""Stage keys of the match shards written by :func:`write_scene` (and of the mapping that reads them)."""
 
 
 def camera_scenes() -> ModuleType:
@@ -65,11 +65,12 @@ def match_all(feats: dict[str, Features], known: dict[tuple[str, str], tuple] | 
     }
 
 
-def write_scene(scene_dir: Path, feats: dict[str, Features], matches: dict) -> Path:
-    """``features.h5`` and one match shard (stage key :data:`MATCH_KEY`) in ``scene_dir``, as the pipeline
-    writes them; returns ``scene_dir``."""
+def write_scene(scene_dir: Path, feats: dict[str, Features], matches: dict) -> SceneLayout:
+    """``features.h5`` and one match shard (stage keys :data:`KEYS`) in ``scene_dir``, as the pipeline
+    writes them; returns the scene's layout."""
+    layout = SceneLayout(scene_dir, KEYS)
     scene_dir.mkdir(parents=True, exist_ok=True)
-    write_features_h5(scene_dir / "features.h5", feats)
+    write_features_h5(layout.features_h5, feats)
     rows = [(a, b, m, s) for (a, b), (m, s) in sorted(matches.items())]
-    write_shard(shard_dir(scene_dir, "matches", MATCH_KEY), match_rows("d", "s", rows))
-    return scene_dir
+    write_shard(layout.match_shards, match_rows("d", "s", rows))
+    return layout

@@ -12,7 +12,7 @@ import pytest
 from imc_ray.config import build_config, stage_keys
 from imc_ray.distributed import actors
 from imc_ray.distributed.decode import decode_batch
-from imc_ray.formats import FEATURE_SHARD_SCHEMA, read_features_h5, read_shards, shard_dir
+from imc_ray.formats import FEATURE_SHARD_SCHEMA, SceneLayout, read_features_h5, read_shards
 from imc_ray.stages import features
 
 from .conftest import SAMPLE_SCENE
@@ -48,7 +48,7 @@ def test_feature_actor_retries_then_records_error(tmp_path: Path, monkeypatch: p
     flaky.first_fails = True  # type: ignore[attr-defined]
     flaky.always_fails_shape = None  # type: ignore[attr-defined]
     monkeypatch.setattr(features, "extract", flaky)
-    actor = actors.FeatureActor(CFG, str(tmp_path), key="k")
+    actor = actors.FeatureActor(CFG, str(tmp_path), stage_keys(CFG))
     out = actor(_batch(["r_20.png", "r_28.png"]))
     assert list(out["error"]) == ["", ""]  # each failed once and succeeded on the retry
     assert sorted(calls.values()) == [2, 2]
@@ -60,7 +60,7 @@ def test_feature_actor_retries_then_records_error(tmp_path: Path, monkeypatch: p
     out = actor(batch)
     assert all("feature extraction failed" in e and "illegal memory access" in e for e in out["error"])
     assert "r_33.png" in out["error"][0]
-    shards = read_shards(shard_dir(tmp_path / "ds" / "sc", "features", "k"), FEATURE_SHARD_SCHEMA)
+    shards = read_shards(SceneLayout.of(tmp_path, "ds", "sc", stage_keys(CFG)).feature_shards, FEATURE_SHARD_SCHEMA)
     assert sorted(shards.column("name").to_pylist()) == ["r_20.png", "r_28.png"]  # failed items are not written
 
 
@@ -70,14 +70,14 @@ def test_decode_errors_pass_through_untouched(tmp_path: Path) -> None:
     bad["path"] = np.array([str(SAMPLE_SCENE / "images" / "r_20.png"), str(tmp_path / "missing.png")], dtype=object)
     decoded = decode_batch({k: v for k, v in bad.items() if k not in ("image", "width", "height", "error")}, CFG)
     assert decoded["error"][0] == "" and "missing.png" in decoded["error"][1]
-    out = actors.FeatureActor(CFG, str(tmp_path), key="k")(decoded)
+    out = actors.FeatureActor(CFG, str(tmp_path), stage_keys(CFG))(decoded)
     assert out["num_keypoints"][1] == 0 and "missing.png" in out["error"][1]
     assert batch["image"][0].shape == (320, 320, 3)
 
 
 def test_scene_gate_emits_each_scene_once_when_its_last_image_passes(tmp_path: Path) -> None:
     keys = stage_keys(CFG)
-    rows = actors.FeatureActor(CFG, str(tmp_path), key=keys["features"])(_batch(["r_20.png", "r_28.png", "r_33.png"]))
+    rows = actors.FeatureActor(CFG, str(tmp_path), keys)(_batch(["r_20.png", "r_28.png", "r_33.png"]))
     expected = {("ds", "sc"): 3, ("ds", "later"): 2}  # no whole-dataset barrier: "later" never comes here
     gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected=expected)
     part = {col: rows[col][:2] for col in rows}
@@ -103,7 +103,7 @@ def test_scene_gate_leaves_out_images_removed_since_an_earlier_run(tmp_path: Pat
     """Resume after a photo was deleted from INPUT: its committed feature shard stays, but neither
     features.h5 nor the pairs (nor so the model) may use it."""
     keys = stage_keys(CFG)
-    actor = actors.FeatureActor(CFG, str(tmp_path), key=keys["features"])
+    actor = actors.FeatureActor(CFG, str(tmp_path), keys)
     actor(_batch(["r_20.png", "r_28.png", "r_33.png"]))  # the earlier run
     rows = actor(_batch(["r_20.png", "r_28.png"]))  # this run: r_33.png is gone
     gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected={("ds", "sc"): 2})

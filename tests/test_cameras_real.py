@@ -57,12 +57,11 @@ def _run(fox: dict[str, Any], variant: str, tmp_path: Path, **settings: Any) -> 
     rename = {n: (("tele/" if "_zoom" in n else "wide/") + n if variant == "folders" else n) for n in names}
     scene_feats: dict[str, Features] = {rename[n]: feats[n] for n in names}
     scene_matches = {(rename[a], rename[b]): m for (a, b), m in matches.items() if a in rename and b in rename}
-    scenes.write_scene(tmp_path / "scene", scene_feats, scene_matches)
+    layout = scenes.write_scene(tmp_path / "scene", scene_feats, scene_matches)
     cfg = MappingConfig(num_threads=1, **settings)
-    keys = {"matches": scenes.MATCH_KEY, "mapping": "test"}
     image_dir = root / variant / "images"
     known = cameras.read_cameras_file(Path(cfg.cameras_file)) if cfg.cameras_file else ()
-    result = mapping.run(tmp_path / "scene", image_dir, "fox", variant, len(names), cfg, 15, keys, None, known)
+    result = mapping.run(mapping.SceneInputs(layout, image_dir, "fox", variant, len(names)), cfg, 15, None, known)
     assert result.error is None, result.error
     labels = evaluate.read_labels(root / ("plain" if variant == "plain" else "zoom") / "labels.csv")  # bare names
     pred = {n: evaluate.Pose(*result.poses[rename[n]]) if rename[n] in result.poses else None for n in labels}

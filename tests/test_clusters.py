@@ -53,7 +53,7 @@ def pile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_pile_is_split_into_scenes(ray_local: None, pile: tuple[Path, Path], tmp_path: Path) -> None:
     input_root, truth = pile
     out = tmp_path / "out"
-    rep = pipeline.run(input_root, out, build_config("fast", ["mapping.clusters=true"]))
+    rep = pipeline.run(input_root, out, build_config("fast", ["mapping.clusters=true"])).to_json()
     scene = rep["scenes"]["pile/mix"]
     assert len(scene["model_sizes"]) >= 2
     with open(out / "submission.csv") as f:

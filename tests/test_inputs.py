@@ -152,6 +152,26 @@ def test_images_folder_beside_scene_folders_is_refused(tmp_path: Path) -> None:
         find_scenes(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        (["images/a.png", "other/images/b.png"], r"both images/ and scene folders \(other\)"),
+        (["scene1/images/a.png", "stray.jpg"], r"photos beside its scene folders \(stray.jpg\)"),
+    ],
+)
+def test_a_uri_input_follows_the_same_layout_rule(tmp_path: Path, files: list[str], words: str) -> None:
+    """One layout rule for local and URI INPUTs (``catalog.input_layout``): a mixed tree is refused before
+    anything is copied, with the same words."""
+    from imc_ray import storage
+
+    for rel in files:
+        _png(tmp_path / "in" / rel)
+    with pytest.raises(CatalogError, match=words):
+        find_scenes(tmp_path / "in")
+    with pytest.raises(CatalogError, match=words):
+        storage.image_plan(storage.resolve(f"file://{tmp_path / 'in'}"))
+
+
 def test_scene_whose_images_is_a_file_is_reported(tmp_path: Path) -> None:
     _png(tmp_path / "good" / "images" / "a.png")
     (tmp_path / "bad").mkdir()

@@ -147,7 +147,7 @@ def test_turned_photos_register_like_upright_ones(ray_local: None, tmp_path: Pat
     for label, turned in (("upright", {}), ("turned", TURNED)):
         root = _scene_copy(tmp_path / label / "in", names, turned)
         out = tmp_path / label / "out"
-        rep = pipeline.run(root, out, build_config("fast", ["mapping.num_threads=1"]))
+        rep = pipeline.run(root, out, build_config("fast", ["mapping.num_threads=1"])).to_json()
         fox = rep["scenes"]["instant_ngp/fox"]
         assert fox["rotated"] == {n: (360 - d) % 360 for n, d in turned.items()}  # found and turned back
         [scores[label]] = evaluate.evaluate(out / "submission.csv", root)["scenes"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from imc_ray import cli, evaluate, report
 from imc_ray.config import build_config
 from imc_ray.formats import read_features_h5, read_matches_h5, read_pairs
 
-from .conftest import BAD_FILES, ODD_GOOD, SAMPLE, SAMPLE_CONFIG
+from .conftest import BAD_FILES, ODD_GOOD, SAMPLE, SAMPLE_CONFIG, assert_same_poses, read_poses
 
 Run = tuple[Path, dict[str, Any]]
 
@@ -36,7 +38,9 @@ def test_report(sample_run: Run) -> None:
     # one camera: the renders have no EXIF, so sharing was earned by the test mapping (focal lengths agree)
     assert lego["cameras"]["count"] == 1 and lego["cameras"]["groups"][0]["source"] == "size"
     assert "agree on focal length" in lego["cameras"]["decision"] and lego["seconds"]["camera_test"] > 0
-    summary = report.summary_table(on_disk)
+    typed = report.read_report(out / "run.json")  # the one reader: the summary, the viewer and bench use it
+    assert typed.to_json() == on_disk
+    summary = report.summary_table(typed)
     assert "cams" in summary.splitlines()[0]
     assert f"cameras of nerf_synthetic/lego: {lego['cameras']['decision']}" in summary
     errors = {(e["scene"], e["image"]): e["error"] for e in on_disk["errors"]}
@@ -138,7 +142,7 @@ def test_stream_reports_its_stages(sample_run: Run) -> None:
 def test_cpu_model_pools_share_the_cpus(ray_local: None) -> None:
     """Without GPUs each pool may grow to every CPU, and its actors ask for a 1/pools share of one, so
     the ALIKED pool can use both CPUs of this 2-CPU cluster while no pairs exist yet."""
-    from imc_ray.distributed.pipeline import _pool
+    from imc_ray.distributed.stream import pool as _pool
 
     shared = _pool(build_config("default", []), gpus=0.0, pools=2)
     assert shared["num_cpus"] == 0.5 and shared["compute"].max_size == 2
@@ -156,7 +160,24 @@ def test_gpu_run_of_the_sample(ray_local: None, tmp_path: Path) -> None:
     (``test_accuracy_against_reference``)."""
     from imc_ray.distributed import pipeline
 
-    rep = pipeline.run(SAMPLE, tmp_path, build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "compute.device=cuda"]))
+    rep = pipeline.run(
+        SAMPLE, tmp_path, build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "compute.device=cuda"])
+    ).to_json()
     assert rep["scenes"]["nerf_synthetic/lego"]["num_registered"] >= 8
     [lego] = evaluate.evaluate(tmp_path / "submission.csv", SAMPLE)["scenes"]
     assert lego["auc@5"] > 0.6 and lego["imc2024_maa"] > 0.5
+
+
+REFERENCE_POSES = Path(__file__).parent / "data" / "sample_poses.csv"
+"""submission.csv of ``sample_run`` as the code wrote it before the orchestrator redesign (issue 14); rewrite
+it with ``IMC_RAY_STORE_REFERENCE=1 pytest tests/test_pipeline.py -k stored_reference`` only when a change
+is meant to change the poses, and say why in the commit."""
+
+
+def test_poses_equal_stored_reference(sample_run: Run) -> None:
+    """The bundled sample (plus the odd scenes) gives the poses stored in ``tests/data``: one mapping thread
+    makes the run reproducible, so a refactor that changes any pose, or which images register, fails here."""
+    out, _ = sample_run
+    if os.environ.get("IMC_RAY_STORE_REFERENCE") == "1":
+        shutil.copy(out / "submission.csv", REFERENCE_POSES)
+    assert_same_poses(read_poses(out / "submission.csv"), read_poses(REFERENCE_POSES))

@@ -27,12 +27,12 @@ def _poses(path: Path) -> dict[str, str]:
 def test_stage_keys_follow_dependencies() -> None:
     base = stage_keys(build_config("fast"))
     more_kp = stage_keys(build_config("fast", ["features.max_keypoints=512"]))
-    assert all(more_kp[k] != base[k] for k in ("features", "matches", "mapping"))
+    assert more_kp.features != base.features and more_kp.matches != base.matches and more_kp.mapping != base.mapping
     glue = stage_keys(build_config("fast", ["matching.filter_threshold=0.2"]))
-    assert glue["features"] == base["features"] and glue["matches"] != base["matches"]
-    assert glue["mapping"] != base["mapping"]
+    assert glue.features == base.features and glue.matches != base.matches
+    assert glue.mapping != base.mapping
     colmap = stage_keys(build_config("fast", ["mapping.min_num_inliers=30"]))
-    assert colmap["matches"] == base["matches"] and colmap["mapping"] != base["mapping"]
+    assert colmap.matches == base.matches and colmap.mapping != base.mapping
     speed = stage_keys(build_config("fast", ["compute.pair_batch_size=4", "compute.max_actors=1"]))
     assert speed == base
 
@@ -47,7 +47,7 @@ def _copy_of(sample_run: Run, tmp_path: Path) -> Path:
 def test_rerun_reuses_everything(sample_run: Run, sample_input: Path, tmp_path: Path) -> None:
     out = _copy_of(sample_run, tmp_path)
     before = _poses(out / "submission.csv")
-    rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG))
+    rep = pipeline.run(sample_input, out, build_config(*SAMPLE_CONFIG)).to_json()
     n_good = 10 + 1 + len(ODD_GOOD) + 2 + 3  # lego, one-image scene, unusual images, pair, disjoint
     assert rep["stages"]["features"]["reused"] == n_good
     assert rep["stages"]["features"]["images"] == 1 + len(BAD_FILES)  # only unreadable files are tried again
@@ -64,7 +64,7 @@ def test_changed_matching_setting_recomputes_matches_only(sample_run: Run, sampl
     odd = tmp_path / "input"
     shutil.copytree(sample_input / "odd", odd / "odd")
     cfg = build_config(SAMPLE_CONFIG[0], [*SAMPLE_CONFIG[1], "matching.filter_threshold=0.3"])
-    rep = pipeline.run(odd, out, cfg)
+    rep = pipeline.run(odd, out, cfg).to_json()
     assert rep["stages"]["features"]["reused"] == len(ODD_GOOD) + 2 + 3
     assert rep["stages"]["matching"]["reused"] == 0
     assert rep["stages"]["matching"]["pairs"] == len(ODD_GOOD) * (len(ODD_GOOD) - 1) // 2 + 1 + 3

@@ -1,5 +1,5 @@
 """Thin Ray Data actors: build the model once in ``__init__``, call a stage's pure function in ``__call__``;
-and :func:`check_orientation`, the body of stage 5b's Ray task.
+and :func:`check_orientation`, the body of the orientation check's Ray task (stage 6).
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Rows whose ``error`` is not
 empty pass through untouched, so one bad image never fails a batch.
@@ -29,12 +29,12 @@ from imc_ray.config import ComputeConfig, RunConfig
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import (
     Features,
+    SceneLayout,
+    StageKeys,
     done_keys,
     feature_rows,
     global_rows,
     match_rows,
-    scene_dir,
-    shard_dir,
     write_shard,
     write_text_atomic,
 )
@@ -56,11 +56,11 @@ def select_device(compute: ComputeConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def check_orientation(scene_dir: Path, image_dir: Path, cfg: RunConfig, keys: dict[str, str]) -> dict[str, int]:
-    """Task body of stage 5b (:func:`orientation.run`): one torch thread per CPU the task holds
+def check_orientation(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
+    """Task body of the orientation check (:func:`orientation.run`): one torch thread per CPU the task holds
     (``compute.mapping_cpus``, as the scene's mapping task after it); returns {image: degrees turned}."""
     torch.set_num_threads(max(1, cfg.compute.mapping_cpus))
-    return orientation.run(scene_dir, image_dir, cfg, keys)
+    return orientation.run(scene, image_dir, cfg)
 
 
 def _retry(attempts: int, fn: Callable[[], T]) -> T:
@@ -133,10 +133,10 @@ class GlobalDescriptorActor:
     Passes the batch on unchanged; rows whose ``error`` is set, or with ``need_global`` false, are skipped.
     """
 
-    def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
+    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys) -> None:
         self.cfg = cfg
         self.output = Path(output)
-        self.key = key
+        self.keys = keys
         self.device = select_device(cfg.compute)
         self.model = retrieval.load_dinov2(cfg.retrieval, self.device)
 
@@ -151,19 +151,19 @@ class GlobalDescriptorActor:
             for j, i in enumerate(todo):
                 by_scene[_scene_of(batch, i)].append((str(batch["name"][i]), desc[j]))
             for (dataset, scene), items in by_scene.items():
-                shards = shard_dir(scene_dir(self.output, dataset, scene), "global", self.key)
-                write_shard(shards, global_rows(dataset, scene, items))
+                layout = SceneLayout.of(self.output, dataset, scene, self.keys)
+                write_shard(layout.global_shards, global_rows(dataset, scene, items))
         return batch
 
 
 class FeatureActor:
-    """ALIKED (stage 4) on a batch; writes one feature shard per scene in the batch and returns one
+    """ALIKED (stage 3) on a batch; writes one feature shard per scene in the batch and returns one
     ``image`` row (:data:`ROW`) per image: its keypoint count or error, and the Ray node that did the work."""
 
-    def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
+    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys) -> None:
         self.cfg = cfg
         self.output = Path(output)
-        self.key = key
+        self.keys = keys
         self.device = select_device(cfg.compute)
         self.model = features.load_aliked(cfg.features, self.device)
         self.node = _node_id()
@@ -193,8 +193,8 @@ class FeatureActor:
             num_kp[i] = len(f.keypoints)
             by_scene[_scene_of(batch, i)].append((str(batch["name"][i]), f))
         for (dataset, scene), items in by_scene.items():
-            shards = shard_dir(scene_dir(self.output, dataset, scene), "features", self.key)
-            write_shard(shards, feature_rows(dataset, scene, items))
+            layout = SceneLayout.of(self.output, dataset, scene, self.keys)
+            write_shard(layout.feature_shards, feature_rows(dataset, scene, items))
         return stream_rows(
             [
                 {
@@ -216,7 +216,7 @@ PROGRESS_FILE = ".stream-progress.json"
 
 
 class SceneGate:
-    """Stage 3 inside the stream: once every image of a scene has passed, merge the scene's features and
+    """Stage 4 inside the stream: once every image of a scene has passed, merge the scene's features and
     choose its pairs (:func:`imc_ray.stages.pairs.run`), then emit a ``scene`` row and one ``pair`` row
     per pair not matched before. ``image`` rows pass through.
 
@@ -227,7 +227,7 @@ class SceneGate:
     """
 
     def __init__(
-        self, cfg: RunConfig, output: str, keys: dict[str, str], use_dinov2: bool, expected: dict[tuple[str, str], int]
+        self, cfg: RunConfig, output: str, keys: StageKeys, use_dinov2: bool, expected: dict[tuple[str, str], int]
     ) -> None:
         self.cfg = cfg
         self.output = Path(output)
@@ -242,9 +242,9 @@ class SceneGate:
     def _scene_rows(self, key: tuple[str, str]) -> list[dict[str, Any]]:
         done_at = time.time()
         t0 = time.perf_counter()
-        sd = scene_dir(self.output, *key)
-        chosen, method = pairs.run(sd, self.cfg.retrieval, self.keys, self.use_dinov2, self.seen[key])
-        done = done_keys(shard_dir(sd, "matches", self.keys["matches"]), ("name0", "name1"))
+        layout = SceneLayout.of(self.output, *key, self.keys)
+        chosen, method = pairs.run(layout, self.cfg.retrieval, self.use_dinov2, self.seen[key])
+        done = done_keys(layout.match_shards, ("name0", "name1"))
         todo = [p for p in chosen if p not in done]
         logger.info("scene %s/%s: %d pairs chosen by %s, %d to match", *key, len(chosen), method, len(todo))
         head = {"dataset": key[0], "scene": key[1]}
@@ -277,10 +277,10 @@ class MatcherActor:
 
     A pair that fails twice gets an ``error`` and is left out of the shard (a rerun retries it)."""
 
-    def __init__(self, cfg: RunConfig, output: str, key: str) -> None:
+    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys) -> None:
         self.cfg = cfg
         self.output = Path(output)
-        self.key = key
+        self.keys = keys
         self.device = select_device(cfg.compute)
         self.model = matching.load_lightglue(cfg.matching, self.device)
         self.cache = matching.FeatureCache()
@@ -295,7 +295,7 @@ class MatcherActor:
         for i in map(int, np.flatnonzero(batch["kind"] == "pair")):
             dataset, scene = _scene_of(batch, i)
             name0, name1 = str(batch["name0"][i]), str(batch["name1"][i])
-            h5 = scene_dir(self.output, dataset, scene) / "features.h5"
+            h5 = SceneLayout.of(self.output, dataset, scene).features_h5
             out["node"][i] = self.node
             try:
                 idx, scores = _retry(ATTEMPTS, lambda h5=h5, a=name0, b=name1: self._match(h5, a, b))  # type: ignore[misc]
@@ -306,6 +306,6 @@ class MatcherActor:
             out["num_matches"][i] = len(idx)
             by_scene[(dataset, scene)].append((name0, name1, idx, scores))
         for (dataset, scene), items in by_scene.items():
-            shards = shard_dir(scene_dir(self.output, dataset, scene), "matches", self.key)
-            write_shard(shards, match_rows(dataset, scene, items))
+            layout = SceneLayout.of(self.output, dataset, scene, self.keys)
+            write_shard(layout.match_shards, match_rows(dataset, scene, items))
         return out

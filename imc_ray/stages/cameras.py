@@ -1,4 +1,4 @@
-"""Stage 6a: which images share a camera, and what is known of it before mapping.
+"""Stage 7a (inside the mapping task): which images share a camera, and what is known of it before mapping.
 
 COLMAP can share a camera only between images of one pixel size. Within that, ``mapping.camera_mode``:
 

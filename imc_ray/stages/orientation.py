@@ -1,4 +1,4 @@
-"""Stage 5b: find images turned by 90, 180 or 270 degrees (no EXIF) and match them again upright.
+"""Stage 6: find images turned by 90, 180 or 270 degrees (no EXIF) and match them again upright.
 
 ALIKED and LightGlue are not rotation invariant: a photo stored sideways matches almost nothing.
 Rule (:func:`run`), per scene, after its pairs are matched:
@@ -37,12 +37,12 @@ from imc_ray.config import RunConfig
 from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
     Features,
+    SceneLayout,
     feature_rows,
     match_rows,
     matches_from_table,
     read_features_h5,
     read_shards,
-    shard_dir,
     write_shard,
     write_text_atomic,
 )
@@ -59,7 +59,7 @@ ACCEPT_FACTOR = 1.5
 (turning an upright photo loses matches, so a gain is the sign of a turned one)."""
 ROLL_ACCEPT_FACTOR = 1.1
 """The same for an image whose matches already show the turn (:func:`roll_suspects`): only that turn is
-tried, and a smaller gain is enough (a photo turned by 90 degrees keeps about 70% of its matches)."""
+tried, and a smaller gain is enough (a turned photo keeps part of its matches: bench/RESULTS.md)."""
 
 
 def rotate_image(image: np.ndarray, degrees: int) -> np.ndarray:
@@ -152,22 +152,22 @@ def roll_suspects(rolls: dict[tuple[str, str], float], counts: dict[tuple[str, s
     return out
 
 
-def run(scene_dir: Path, image_dir: Path, cfg: RunConfig, keys: dict[str, str]) -> dict[str, int]:
+def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
-    record = scene_dir / "orientation.json"
+    record = scene.orientation_json
     m = cfg.matching
-    key = f"{RULE_VERSION}-{keys['matches']}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
+    assert scene.keys is not None
+    key = f"{RULE_VERSION}-{scene.keys.matches}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
             return {k: int(v) for k, v in saved["rotated"].items()}
     for kind in ("features", "matches"):  # overrides of another orientation decision never survive
-        shutil.rmtree(shard_dir(scene_dir, kind, keys[kind]) / "rotated", ignore_errors=True)
-    match_dir = shard_dir(scene_dir, "matches", keys["matches"])
-    matches = matches_from_table(read_shards(match_dir, MATCH_SHARD_SCHEMA))
+        shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
+    matches = matches_from_table(read_shards(scene.match_shards, MATCH_SHARD_SCHEMA))
     counts = {pair: len(idx) for pair, (idx, _) in matches.items()}
-    feats = read_features_h5(scene_dir / "features.h5")
+    feats = read_features_h5(scene.features_h5)
     rolls = {
         (a, b): relative_roll(feats[a].keypoints, feats[b].keypoints, idx)
         for (a, b), (idx, _) in matches.items()
@@ -180,18 +180,17 @@ def run(scene_dir: Path, image_dir: Path, cfg: RunConfig, keys: dict[str, str]) 
     rotated: dict[str, int] = {}
     if plan:
         try:
-            rotated = _fix(scene_dir, image_dir, cfg, keys, sorted(matches), feats, counts, plan, rolled)
+            rotated = _fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan, rolled)
         except Exception:
-            logger.exception("%s: orientation check failed; mapping goes on without it", scene_dir)
+            logger.exception("%s: orientation check failed; mapping goes on without it", scene.root)
     write_text_atomic(record, json.dumps({"key": key, "suspects": sorted(plan), "rotated": rotated}, indent=1))
     return rotated
 
 
 def _fix(
-    scene_dir: Path,
+    scene_layout: SceneLayout,
     image_dir: Path,
     cfg: RunConfig,
-    keys: dict[str, str],
     pairs: list[tuple[str, str]],
     feats: dict[str, Features],
     counts: dict[tuple[str, str], int],
@@ -201,7 +200,7 @@ def _fix(
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
     aliked = features.load_aliked(cfg.features, device)
     glue = matching.load_lightglue(cfg.matching, device)
-    dataset, scene = scene_dir.parent.name, scene_dir.name
+    dataset, scene = scene_layout.root.parent.name, scene_layout.root.name
     rotated: dict[str, int] = {}
     new_feats: list[tuple[str, Features]] = []
     for suspect, partners in plan.items():
@@ -234,13 +233,12 @@ def _fix(
                 summed_upright,
             )
     if rotated:
-        fdir = shard_dir(scene_dir, "features", keys["features"]) / "rotated"
-        write_shard(fdir, feature_rows(dataset, scene, new_feats))
+        write_shard(scene_layout.feature_shards / "rotated", feature_rows(dataset, scene, new_feats))
         items = []
         for a, b in pairs:
             if a in rotated or b in rotated:
                 idx, scores = matching.match_pair(glue, feats[a], feats[b], device)
                 items.append((a, b, idx, scores))
-        write_shard(shard_dir(scene_dir, "matches", keys["matches"]) / "rotated", match_rows(dataset, scene, items))
-        features.consolidate(shard_dir(scene_dir, "features", keys["features"]), scene_dir)
+        write_shard(scene_layout.match_shards / "rotated", match_rows(dataset, scene, items))
+        features.consolidate(scene_layout)
     return rotated

@@ -1,4 +1,4 @@
-"""Stage 3: choose which image pairs of a scene to match.
+"""Stage 4: choose which image pairs of a scene to match.
 
 Rule (:func:`select_pairs`):
   * fewer than ``retrieval.exhaustive_below`` images: every pair (``"exhaustive"``);
@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from imc_ray.config import RetrievalConfig
 from imc_ray.formats import (
     GLOBAL_SHARD_SCHEMA,
+    SceneLayout,
     globals_from_table,
     read_shards,
-    shard_dir,
     write_global_h5,
     write_pairs,
 )
@@ -99,26 +98,26 @@ def select_pairs(
 
 
 def run(
-    scene_dir: Path, cfg: RetrievalConfig, keys: dict[str, str], use_dinov2: bool, images: set[str] | None = None
+    scene: SceneLayout, cfg: RetrievalConfig, use_dinov2: bool, images: set[str] | None = None
 ) -> tuple[list[Pair], str]:
     """Files in, files out for one scene: merge its feature shards into ``features.h5`` (and DINOv2
     shards into ``global.h5``), choose its pairs and write ``pairs.txt``.
 
-    keys: ``config.stage_keys``; use_dinov2: whether DINOv2 descriptors were computed; images: the scene's
+    use_dinov2: whether DINOv2 descriptors were computed; images: the scene's
     images in this run (images of earlier runs since removed from INPUT are left out); None: every image
     with features.
     Returns the pairs and the name of the method that chose them.
     """
-    feats = features.consolidate(shard_dir(scene_dir, "features", keys["features"]), scene_dir, images)
+    feats = features.consolidate(scene, images)
     names = sorted(feats)
     glob: dict[str, np.ndarray] = {}
     if use_dinov2:
-        glob = globals_from_table(read_shards(shard_dir(scene_dir, "global", keys["global"]), GLOBAL_SHARD_SCHEMA))
-        write_global_h5(scene_dir / "global.h5", {n: glob[n] for n in names if n in glob})
+        glob = globals_from_table(read_shards(scene.global_shards, GLOBAL_SHARD_SCHEMA))
+        write_global_h5(scene.global_h5, {n: glob[n] for n in names if n in glob})
     global_desc = np.stack([glob[n] for n in names]) if names and set(names) <= set(glob) else None
     fallback = None
     if global_desc is None and len(names) >= cfg.exhaustive_below:
         fallback = np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
     pairs, method = select_pairs(names, cfg, global_desc, fallback)
-    write_pairs(scene_dir / "pairs.txt", pairs)
+    write_pairs(scene.pairs_txt, pairs)
     return pairs, method

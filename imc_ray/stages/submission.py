@@ -1,4 +1,4 @@
-"""Stage 7: the IMC submission CSV.
+"""Stage 8: the IMC submission CSV.
 
 ``dataset,scene,image,rotation_matrix,translation_vector``: world-to-camera ``x_cam = R x + t``,
 R row-major 9 numbers and t 3 numbers, each ``;``-joined; ``nan`` for every number of an image that
