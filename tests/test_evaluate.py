@@ -15,7 +15,6 @@ from imc_ray.evaluate import (
     SAMPLED_TRIPLETS,
     EvaluationError,
     Pose,
-    _pair_blocks,
     auc_from_errors,
     evaluate,
     format_table,
@@ -32,6 +31,7 @@ from imc_ray.evaluate import (
     relative_thresholds,
     score_clusters,
 )
+from imc_ray.evaluate.imc2023 import _pair_blocks
 from imc_ray.stages import submission
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
