@@ -430,6 +430,34 @@ def read_matches_h5(path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.
     return idx, s0[valid].astype(np.float32)
 
 
+def feature_names_h5(path: Path) -> list[str]:
+    """The image names of ``features.h5`` (the groups that hold ``keypoints``), sorted; no arrays are read."""
+    names: list[str] = []
+    with h5py.File(path, "r", locking=False) as f:
+        _check_version(f, path, "features")
+        f.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Group) and "keypoints" in obj else None)
+    return sorted(names)
+
+
+def match_counts_h5(path: Path, names: Iterable[str]) -> dict[tuple[str, str], int]:
+    """Every pair of ``matches.h5`` -> its number of matches (entries of ``matches0`` that are not -1).
+
+    A group name holds :func:`image_key` of each image, not its name; ``names`` (the scene's images, e.g.
+    :func:`feature_names_h5`) maps the keys back, and a key that no name gives is returned as it is.
+    """
+    back = {image_key(n): n for n in names}
+    out: dict[tuple[str, str], int] = {}
+    with h5py.File(path, "r", locking=False) as f:
+        _check_version(f, path, "matches")
+        for k0, g0 in f.items():
+            if not isinstance(g0, h5py.Group):
+                continue
+            for k1, g1 in g0.items():
+                if isinstance(g1, h5py.Group) and "matches0" in g1:
+                    out[(back.get(k0, k0), back.get(k1, k1))] = int(np.count_nonzero(g1["matches0"][()] >= 0))
+    return out
+
+
 # ----------------------------------------------------------------------------- Parquet shards
 
 

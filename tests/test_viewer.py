@@ -13,6 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imc_ray.formats import (
+    Features,
+    feature_names_h5,
+    match_counts_h5,
+    read_features_h5,
+    read_matches_h5,
+    write_features_h5,
+    write_matches_h5,
+)
 from imc_ray.viewer import OUTPUT_ENV, ViewerError, data, launch, streamlit_command
 from imc_ray.viewer.draw import INLIER_RGB, REJECTED_RGB, draw_keypoints, draw_matches
 from imc_ray.viewer.render import best_and_worst, render
@@ -132,7 +141,8 @@ def test_loaders_on_a_real_run(sample_run: Run) -> None:
 
 
 def test_inliers_agree_with_pycolmap(sample_run: Run, tmp_path: Path) -> None:
-    """The read-only SQLite reader returns what pycolmap's ``read_two_view_geometry`` returns (on a copy)."""
+    """``read_inlier_matches`` (pycolmap on a private copy) returns what pycolmap's ``read_two_view_geometry``
+    returns on a copy of the run's database, in both orders of a pair, and leaves the run's file untouched."""
     import pycolmap
 
     out, _ = sample_run
@@ -143,9 +153,10 @@ def test_inliers_agree_with_pycolmap(sample_run: Run, tmp_path: Path) -> None:
         ids = {im.name: im.image_id for im in db.read_all_images()}
         checked = 0
         for p in data.list_pairs(out, *LEGO)[:6]:
-            want = np.asarray(db.read_two_view_geometry(ids[p.name0], ids[p.name1]).inlier_matches)
-            got = data.read_inlier_matches(db_path, p.name0, p.name1)
-            np.testing.assert_array_equal(got, want.reshape(-1, 2))
+            for a, b in ((p.name0, p.name1), (p.name1, p.name0)):
+                want = np.asarray(db.read_two_view_geometry(ids[a], ids[b]).inlier_matches)
+                got = data.read_inlier_matches(db_path, a, b)
+                np.testing.assert_array_equal(got, want.reshape(-1, 2))
             checked += 1
         assert checked
     finally:
@@ -153,6 +164,42 @@ def test_inliers_agree_with_pycolmap(sample_run: Run, tmp_path: Path) -> None:
     con = sqlite3.connect(db_path)  # the file is still a healthy database, untouched
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+
+
+def test_database_errors(tmp_path: Path) -> None:
+    with pytest.raises(ViewerError, match="no such database"):
+        data.read_inlier_matches(tmp_path / "database.db", "a.png", "b.png")
+    (tmp_path / "database.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(ViewerError, match="not a COLMAP database"):
+        data.read_inlier_matches(tmp_path / "database.db", "a.png", "b.png")
+
+
+def test_formats_names_and_match_counts_on_a_real_run(sample_run: Run) -> None:
+    """``feature_names_h5`` and ``match_counts_h5`` agree with the full readers on the run's own files."""
+    out, _ = sample_run
+    sdir = out / "nerf_synthetic" / "lego"
+    names = feature_names_h5(sdir / "features.h5")
+    assert names == sorted(read_features_h5(sdir / "features.h5")) and "broken.jpg" not in names
+    counts = match_counts_h5(sdir / "matches.h5", names)
+    assert counts and {a for pair in counts for a in pair} <= set(names)
+    for (a, b), n in counts.items():
+        assert n == len(read_matches_h5(sdir / "matches.h5", a, b)[0]) > 0
+
+
+def test_match_counts_map_keys_back_to_names(tmp_path: Path) -> None:
+    """Names with ``/`` (group keys with ``-``) come back as names; a key no name gives comes back as it is."""
+    feats = {
+        n: Features(np.zeros((k, 2), np.float32), np.ones(k, np.float32), np.zeros((k, 4), np.float32), (8, 6))
+        for n, k in (("sub/a.png", 5), ("b.png", 3), ("c.png", 4))
+    }
+    write_features_h5(tmp_path / "features.h5", feats)
+    assert feature_names_h5(tmp_path / "features.h5") == ["b.png", "c.png", "sub/a.png"]
+    idx = np.array([[0, 2], [3, 0]], np.int32)
+    matches = {("sub/a.png", "b.png"): (idx, np.ones(2, np.float32)), ("c.png", "b.png"): (idx[:1], np.ones(1))}
+    write_matches_h5(tmp_path / "matches.h5", matches, {n: len(f.keypoints) for n, f in feats.items()})
+    counts = match_counts_h5(tmp_path / "matches.h5", ["sub/a.png", "b.png", "c.png"])
+    assert counts == {("sub/a.png", "b.png"): 2, ("c.png", "b.png"): 1}
+    assert match_counts_h5(tmp_path / "matches.h5", ["b.png"]) == {("sub-a.png", "b.png"): 2, ("c.png", "b.png"): 1}
 
 
 def test_draw_pictures(sample_run: Run) -> None:

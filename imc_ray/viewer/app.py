@@ -109,37 +109,37 @@ def cached_photo(output: str, stamp: float, dataset: str, scene: str, name: str,
 # ----------------------------------------------------------------------------- views
 
 
-def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneSummary], stamp: float) -> None:
-    """Scenes with registered / total images and scores, stage timings, per-image errors."""
-    st.header("Run overview")
-    evaluation = cached_evaluation(str(output), _stamp(str(output), data.EVALUATION_FILE))
+def _run_metrics(report: dict[str, Any], scenes: list[data.SceneSummary], num_errors: int) -> None:
+    """The four numbers on top of the overview: scenes, registered images, errors, total time."""
     total = sum(s.num_images for s in scenes)
     reg = sum(s.num_registered for s in scenes)
-    errors = data.image_errors(report)
     cols = st.columns(4)
     cols[0].metric("Scenes", len(scenes))
     cols[1].metric("Images registered", f"{reg} / {total}")
-    cols[2].metric("Errors", len(errors))
+    cols[2].metric("Errors", num_errors)
     cols[3].metric("Total time", f"{float(report.get('seconds_total', 0.0)):.1f} s")
 
-    rows = []
-    for s in scenes:
-        row: dict[str, Any] = {
-            "scene": s.key,
-            "images": s.num_images,
-            "registered": s.num_registered,
-            "pairs": s.num_pairs,
-            "verified pairs": s.num_verified_pairs,
-            "models": ", ".join(map(str, s.model_sizes)),
-            "pairs by": s.pairs_method,
-            "note": s.error or s.note,
-        }
-        scores = data.scene_scores(evaluation, s.dataset, s.scene)
-        if scores:
-            row.update({label: round(100.0 * float(scores.get(k, 0.0)), 2) for k, label in SCORE_COLUMNS.items()})
-        rows.append(row)
-    st.subheader("Scenes")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+def _scene_row(s: data.SceneSummary, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of the scenes table, with the scene's scores in percent when the run was evaluated."""
+    row: dict[str, Any] = {
+        "scene": s.key,
+        "images": s.num_images,
+        "registered": s.num_registered,
+        "pairs": s.num_pairs,
+        "verified pairs": s.num_verified_pairs,
+        "models": ", ".join(map(str, s.model_sizes)),
+        "pairs by": s.pairs_method,
+        "note": s.error or s.note,
+    }
+    scores = data.scene_scores(evaluation, s.dataset, s.scene)
+    if scores:
+        row.update({label: round(100.0 * float(scores.get(k, 0.0)), 2) for k, label in SCORE_COLUMNS.items()})
+    return row
+
+
+def _overall_scores(evaluation: dict[str, Any] | None) -> None:
+    """The overall scores of ``evaluation.json``, or how to get them."""
     if evaluation:
         overall = evaluation.get("overall", {})
         st.caption("Scores from evaluation.json, in percent.")
@@ -152,21 +152,35 @@ def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneS
             f"as `{data.EVALUATION_FILE}` in the output folder to see them here."
         )
 
+
+def _stage_timings(report: dict[str, Any]) -> None:
+    """Seconds per stage as a horizontal bar chart."""
     st.subheader("Stage timings")
     seconds = data.stage_seconds(report)
-    if seconds:
-        values = list(seconds.values())
-        fig = go.Figure(go.Bar(x=values, y=list(seconds), orientation="h", text=[f"{v:.1f} s" for v in values]))
-        fig.update_layout(
-            height=80 + 40 * len(seconds),
-            margin={"l": 10, "r": 10, "t": 10, "b": 10},
-            xaxis_title="seconds",
-            yaxis={"autorange": "reversed"},
-        )
-        st.plotly_chart(fig, key="timings")
-    else:
+    if not seconds:
         st.info("run.json has no stage timings.")
+        return
+    values = list(seconds.values())
+    fig = go.Figure(go.Bar(x=values, y=list(seconds), orientation="h", text=[f"{v:.1f} s" for v in values]))
+    fig.update_layout(
+        height=80 + 40 * len(seconds),
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis_title="seconds",
+        yaxis={"autorange": "reversed"},
+    )
+    st.plotly_chart(fig, key="timings")
 
+
+def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneSummary], stamp: float) -> None:
+    """Scenes with registered / total images and scores, stage timings, per-image errors."""
+    st.header("Run overview")
+    evaluation = cached_evaluation(str(output), _stamp(str(output), data.EVALUATION_FILE))
+    errors = data.image_errors(report)
+    _run_metrics(report, scenes, len(errors))
+    st.subheader("Scenes")
+    st.dataframe(pd.DataFrame([_scene_row(s, evaluation) for s in scenes]), hide_index=True, width="stretch")
+    _overall_scores(evaluation)
+    _stage_timings(report)
     st.subheader("Errors")
     if errors:
         st.dataframe(pd.DataFrame(errors), hide_index=True, width="stretch")
@@ -176,65 +190,73 @@ def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneS
         st.json({"input": report.get("input"), "config": report.get("config"), "versions": report.get("versions")})
 
 
-def model_figure(model: data.Model, point_size: float, frusta: bool, max_points: int = MAX_POINTS) -> go.Figure:
-    """Plotly 3D figure: coloured sparse points, camera frusta as line segments, camera centres (hover: name)."""
+def _xyz(points: np.ndarray) -> dict[str, np.ndarray]:
+    """``x``, ``y``, ``z`` of (N, 3) points, as plotly's keyword arguments."""
+    return {"x": points[:, 0], "y": points[:, 1], "z": points[:, 2]}
+
+
+def _shown_points(model: data.Model, max_points: int) -> np.ndarray:
+    """Indices of the points drawn: no far outliers, at most ``max_points`` (a fixed random subset)."""
     keep = np.nonzero(data.inlier_point_mask(model.points))[0]
     if len(keep) > max_points:
         keep = np.sort(np.random.default_rng(0).choice(keep, max_points, replace=False))
-    pts, cols = model.points[keep], model.colors[keep]
-    traces: list[Any] = [
-        go.Scatter3d(
-            x=pts[:, 0],
-            y=pts[:, 1],
-            z=pts[:, 2],
-            mode="markers",
-            marker={"size": point_size, "color": [f"rgb({r},{g},{b})" for r, g, b in cols]},
-            name=f"points ({len(model.points)})",
-            hoverinfo="skip",
-        )
-    ]
+    return keep
+
+
+def _points_trace(model: data.Model, keep: np.ndarray, point_size: float) -> go.Scatter3d:
+    """The sparse points ``keep`` in their colours."""
+    return go.Scatter3d(
+        **_xyz(model.points[keep]),
+        mode="markers",
+        marker={"size": point_size, "color": [f"rgb({r},{g},{b})" for r, g, b in model.colors[keep]]},
+        name=f"points ({len(model.points)})",
+        hoverinfo="skip",
+    )
+
+
+def _frusta_trace(model: data.Model) -> go.Scatter3d:
+    """The camera frusta as red line segments (NaN rows break the line between segments)."""
+    segs = data.frustum_segments(model)
+    xyz = np.full((len(segs) * 3, 3), np.nan)
+    xyz[0::3], xyz[1::3] = segs[:, 0], segs[:, 1]
+    return go.Scatter3d(**_xyz(xyz), mode="lines", line={"color": "red", "width": 3}, name="cameras", hoverinfo="skip")
+
+
+def _centres_trace(model: data.Model) -> go.Scatter3d:
+    """The camera centres as red dots; hovering shows the image name."""
+    return go.Scatter3d(
+        **_xyz(np.stack([cam.centre for cam in model.cameras])),
+        mode="markers",
+        marker={"size": 3, "color": "red"},
+        text=[cam.name for cam in model.cameras],
+        hoverinfo="text",
+        name="camera centres",
+    )
+
+
+def _view_from_cameras(model: data.Model, pts: np.ndarray) -> dict[str, dict[str, float]]:
+    """Plotly's scene camera looking from the cameras' side at the points (else the centres), upright."""
+    up = data.up_direction(model)
+    centres = np.stack([cam.centre for cam in model.cameras])
+    target = np.median(pts, axis=0) if len(pts) else centres.mean(axis=0)
+    side = centres.mean(axis=0) - target
+    side = side / np.linalg.norm(side) if np.linalg.norm(side) > 1e-9 else up
+    eye = 2.2 * side + 0.9 * up
+    return {"up": dict(zip("xyz", map(float, up), strict=True)), "eye": dict(zip("xyz", map(float, eye), strict=True))}
+
+
+def model_figure(model: data.Model, point_size: float, frusta: bool, max_points: int = MAX_POINTS) -> go.Figure:
+    """Plotly 3D figure: coloured sparse points, camera frusta as line segments, camera centres (hover: name)."""
+    keep = _shown_points(model, max_points)
+    traces: list[Any] = [_points_trace(model, keep, point_size)]
     if frusta and model.cameras:
-        segs = data.frustum_segments(model)
-        xyz = np.full((len(segs) * 3, 3), np.nan)
-        xyz[0::3], xyz[1::3] = segs[:, 0], segs[:, 1]
-        traces.append(
-            go.Scatter3d(
-                x=xyz[:, 0],
-                y=xyz[:, 1],
-                z=xyz[:, 2],
-                mode="lines",
-                line={"color": "red", "width": 3},
-                name="cameras",
-                hoverinfo="skip",
-            )
-        )
+        traces.append(_frusta_trace(model))
     if model.cameras:
-        c = np.stack([cam.centre for cam in model.cameras])
-        traces.append(
-            go.Scatter3d(
-                x=c[:, 0],
-                y=c[:, 1],
-                z=c[:, 2],
-                mode="markers",
-                marker={"size": 3, "color": "red"},
-                text=[cam.name for cam in model.cameras],
-                hoverinfo="text",
-                name="camera centres",
-            )
-        )
+        traces.append(_centres_trace(model))
     fig = go.Figure(traces)
     scene: dict[str, Any] = {"aspectmode": "data", "xaxis_title": "x", "yaxis_title": "y", "zaxis_title": "z"}
-    if model.cameras:  # look from the cameras' side, upright
-        up = data.up_direction(model)
-        centres = np.stack([cam.centre for cam in model.cameras])
-        target = np.median(pts, axis=0) if len(pts) else centres.mean(axis=0)
-        side = centres.mean(axis=0) - target
-        side = side / np.linalg.norm(side) if np.linalg.norm(side) > 1e-9 else up
-        eye = 2.2 * side + 0.9 * up
-        scene["camera"] = {
-            "up": dict(zip("xyz", map(float, up), strict=True)),
-            "eye": dict(zip("xyz", map(float, eye), strict=True)),
-        }
+    if model.cameras:
+        scene["camera"] = _view_from_cameras(model, model.points[keep])
     fig.update_layout(
         height=650,
         margin={"l": 0, "r": 0, "t": 0, "b": 0},

@@ -1,8 +1,9 @@
 """Read-only loaders over the OUTPUT folder of ``imc-ray run`` (layout in :mod:`imc_ray.formats`).
 
-Nothing here writes: HDF5 files are opened read-only without locks, COLMAP's ``database.db`` is read with
-SQLite in read-only, immutable mode (no journal or lock file is created beside it, and it also works on
-read-only media), and models are read with ``pycolmap.Reconstruction``.
+Nothing here writes: HDF5 files are read through :mod:`imc_ray.formats` (read-only, without locks), COLMAP's
+``database.db`` is read with ``pycolmap.Database`` from a private temporary copy (pycolmap opens a database
+read-write and rewrites its header, so the run's own file is only copied; this also works on read-only
+media), and models are read with ``pycolmap.Reconstruction``.
 
 Every file name that comes from the run's own files (scene keys of ``run.json``, image names) is
 resolved and checked to lie inside OUTPUT, or, for photos, inside the scene's input images folder:
@@ -14,28 +15,32 @@ Nothing here imports Streamlit, so :mod:`imc_ray.viewer.render` and the tests us
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
 import logging
 import math
-import sqlite3
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import h5py
 import numpy as np
 
+from imc_ray import formats
 from imc_ray.config import ImagesConfig
-from imc_ray.formats import Features, pair_key, read_features_h5
+from imc_ray.formats import Features, feature_names_h5, match_counts_h5, read_features_h5, read_matches_h5
+
+if TYPE_CHECKING:
+    import pycolmap
 
 logger = logging.getLogger(__name__)
 
 EVALUATION_FILE = "evaluation.json"
 """Optional: the JSON of ``imc-ray evaluate --json`` saved into OUTPUT; the viewer shows its scores."""
-
-_PAIR_ID_FACTOR = 2147483647  # COLMAP: pair_id = image_id1 * 2^31-1 + image_id2 with image_id1 < image_id2
 
 
 class ViewerError(ValueError):
@@ -70,14 +75,51 @@ def check_output(output: Path) -> Path:
     out = Path(output).expanduser().resolve()
     if not out.is_dir():
         raise ViewerError(f"{output}: not a folder; pass the OUTPUT folder of 'imc-ray run INPUT OUTPUT'")
-    if not (out / "run.json").is_file():
+    if not _run_file(out, "report").is_file():
         raise ViewerError(f"{output}: no run.json in it; pass the OUTPUT folder of 'imc-ray run INPUT OUTPUT'")
     return out
 
 
-def scene_dir(output: Path, dataset: str, scene: str) -> Path:
-    """OUTPUT/<dataset>/<scene>, checked to lie inside OUTPUT."""
-    return resolve_inside(output, dataset, scene)
+def _inside(base: Path, path: Path) -> Path:
+    """``path`` (``base`` joined with relative parts) resolved and checked by :func:`resolve_inside`."""
+    return resolve_inside(base, *path.relative_to(base).parts)
+
+
+def _scene_folder(output: Path, dataset: str, scene: str) -> Path:
+    """:func:`imc_ray.formats.scene_dir` of OUTPUT, resolved and checked to lie inside OUTPUT.
+
+    Raises:
+        ViewerError: the names cannot be a scene folder, or it leads outside OUTPUT (a symlink).
+    """
+    try:
+        path = formats.scene_dir(Path(output), dataset, scene)
+    except ValueError as exc:
+        raise ViewerError(str(exc)) from None
+    return _inside(Path(output), path)
+
+
+_RunFile = Literal["report", "evaluation", "submission"]
+_SceneFile = Literal["features", "matches", "database", "scene", "sparse"]
+
+# Where each file of a run lies (the layout of imc_ray.formats): read only through _run_file and _scene_file.
+_RUN_FILES: dict[_RunFile, str] = {"report": "run.json", "evaluation": EVALUATION_FILE, "submission": "submission.csv"}
+_SCENE_FILES: dict[_SceneFile, str] = {
+    "features": "features.h5",
+    "matches": "matches.h5",
+    "database": "database.db",
+    "scene": "scene.json",
+    "sparse": "sparse",
+}
+
+
+def _run_file(out: Path, kind: _RunFile) -> Path:
+    """A file of OUTPUT itself: ``run.json``, ``evaluation.json`` or ``submission.csv``."""
+    return out / _RUN_FILES[kind]
+
+
+def _scene_file(sdir: Path, kind: _SceneFile) -> Path:
+    """A file of a scene folder (``sparse`` is the folder of its models)."""
+    return sdir / _SCENE_FILES[kind]
 
 
 # ----------------------------------------------------------------------------- run level
@@ -89,7 +131,7 @@ def load_report(output: Path) -> dict[str, Any]:
     Raises:
         ViewerError: missing or not JSON.
     """
-    path = check_output(output) / "run.json"
+    path = _run_file(check_output(output), "report")
     try:
         rep = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -171,7 +213,7 @@ def image_errors(report: dict[str, Any]) -> list[dict[str, str]]:
 
 def load_evaluation(output: Path) -> dict[str, Any] | None:
     """Scores from ``OUTPUT/evaluation.json`` (``imc-ray evaluate --json``), or None when absent or unreadable."""
-    path = check_output(output) / EVALUATION_FILE
+    path = _run_file(check_output(output), "evaluation")
     if not path.is_file():
         return None
     try:
@@ -194,7 +236,7 @@ def scene_scores(evaluation: dict[str, Any] | None, dataset: str, scene: str) ->
 
 def submission_images(output: Path) -> dict[tuple[str, str], dict[str, bool]]:
     """Every image of ``submission.csv`` per (dataset, scene): name -> registered (a finite pose)."""
-    path = check_output(output) / "submission.csv"
+    path = _run_file(check_output(output), "submission")
     out: dict[tuple[str, str], dict[str, bool]] = {}
     if not path.is_file():
         return out
@@ -223,24 +265,22 @@ def images_config(report: dict[str, Any]) -> ImagesConfig:
 
 def scene_image_names(output: Path, dataset: str, scene: str) -> list[str]:
     """Names of the images that have features (``features.h5``), sorted."""
-    path = scene_dir(output, dataset, scene) / "features.h5"
-    if not path.is_file():
-        return []
-    names: list[str] = []
-    with h5py.File(path, "r", locking=False) as f:
-        f.visititems(lambda key, obj: names.append(key) if isinstance(obj, h5py.Group) and "keypoints" in obj else None)
-    return sorted(names)
+    path = _scene_file(_scene_folder(output, dataset, scene), "features")
+    return feature_names_h5(path) if path.is_file() else []
+
+
+def _scene_poses(sdir: Path) -> dict[str, Any] | None:
+    """``scene.json``'s ``poses`` (image -> [R row-major, t]), None when the file is absent or unreadable."""
+    try:
+        poses = json.loads(_scene_file(sdir, "scene").read_text()).get("poses", {})
+    except (OSError, json.JSONDecodeError):
+        return None
+    return poses if isinstance(poses, dict) else None
 
 
 def registered_names(output: Path, dataset: str, scene: str) -> set[str]:
     """Images with a pose (from ``scene.json``), empty when the scene has none."""
-    path = scene_dir(output, dataset, scene) / "scene.json"
-    if not path.is_file():
-        return set()
-    try:
-        return set(json.loads(path.read_text()).get("poses", {}))
-    except (OSError, json.JSONDecodeError):
-        return set()
+    return set(_scene_poses(_scene_folder(output, dataset, scene)) or {})
 
 
 def image_status(output: Path, report: dict[str, Any], dataset: str, scene: str) -> dict[str, bool]:
@@ -273,7 +313,7 @@ def load_keypoints(output: Path, dataset: str, scene: str, name: str) -> Feature
     Raises:
         ViewerError: no features file, or no such image in it.
     """
-    path = scene_dir(output, dataset, scene) / "features.h5"
+    path = _scene_file(_scene_folder(output, dataset, scene), "features")
     if not path.is_file():
         raise ViewerError(f"{dataset}/{scene}: no features.h5")
     try:
@@ -300,81 +340,65 @@ class PairInfo:
         return f"{self.name0} - {self.name1}: {self.num_matches} matches, {verdict}"
 
 
-def _match_counts(path: Path, names: list[str]) -> dict[tuple[str, str], int]:
-    """Every pair of ``matches.h5`` -> its number of matches.
+@contextlib.contextmanager
+def open_database(path: Path) -> Iterator[pycolmap.Database]:
+    """COLMAP's ``database.db`` as a ``pycolmap.Database``, opened on a private temporary copy.
 
-    The hloc layout nests ``/<name0>/<name1>/matches0`` with ``/`` in names replaced by ``-``
-    (:func:`imc_ray.formats.pair_key`); ``names`` (the images with features) maps them back.
-    """
-    back = {n.replace("/", "-"): n for n in names}
-    out: dict[tuple[str, str], int] = {}
-    with h5py.File(path, "r", locking=False) as f:
-        for k0, g0 in f.items():
-            if not isinstance(g0, h5py.Group):
-                continue
-            for k1, g1 in g0.items():
-                if isinstance(g1, h5py.Group) and "matches0" in g1:
-                    pair = (back.get(k0, k0), back.get(k1, k1))
-                    out[pair] = int(np.count_nonzero(g1["matches0"][()] >= 0))
-    return out
-
-
-def open_database(path: Path) -> sqlite3.Connection:
-    """COLMAP's ``database.db`` opened read-only and immutable: SQLite writes nothing, not even a lock file.
+    pycolmap opens a database read-write (it rewrites the file header and keeps a journal beside it), so
+    the run's file is only copied, never opened; the copy is deleted when the block ends.
 
     Raises:
-        ViewerError: the file is missing or not a COLMAP database.
+        ViewerError: the file is missing or not a COLMAP database (pycolmap cannot open or read it).
     """
+    import pycolmap
+
     if not path.is_file():
         raise ViewerError(f"{path}: no such database")
-    uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
-    try:
-        con = sqlite3.connect(uri, uri=True)
-        con.execute("SELECT image_id, name FROM images LIMIT 1").fetchall()
-        con.execute("SELECT pair_id, rows FROM two_view_geometries LIMIT 1").fetchall()
-        con.execute("SELECT pair_id FROM matches LIMIT 1").fetchall()
-    except sqlite3.Error as exc:
-        raise ViewerError(f"{path}: not a COLMAP database ({exc})") from None
-    return con
+    with tempfile.TemporaryDirectory(prefix="imc-ray-view-") as tmp:
+        copy = Path(tmp) / "database.db"
+        shutil.copyfile(path, copy)
+        try:
+            db = pycolmap.Database.open(copy)
+        except (RuntimeError, ValueError) as exc:
+            raise ViewerError(f"{path}: not a COLMAP database ({exc})") from None
+        try:
+            yield db
+        except RuntimeError as exc:  # pycolmap's error for a table it cannot read
+            raise ViewerError(f"{path}: not a COLMAP database ({exc})") from None
+        finally:
+            db.close()
 
 
-def _image_ids(con: sqlite3.Connection) -> dict[str, int]:
-    return {str(name): int(i) for i, name in con.execute("SELECT image_id, name FROM images")}
-
-
-def _pair_id(id0: int, id1: int) -> int:
-    a, b = min(id0, id1), max(id0, id1)
-    return a * _PAIR_ID_FACTOR + b
+def _image_ids(db: pycolmap.Database) -> dict[str, int]:
+    return {str(image.name): int(image.image_id) for image in db.read_all_images()}
 
 
 def _inlier_counts(path: Path, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """Verified inliers of each pair that went through geometric verification (its raw matches are in
     ``database.db``): 0 when verification rejected it. Pairs not in the database are left out."""
+    import pycolmap
+
     if not path.is_file():
         return {}
-    con = open_database(path)
-    try:
-        ids = _image_ids(con)
-        checked = {int(pid) for (pid,) in con.execute("SELECT pair_id FROM matches")}
-        rows = {int(pid): int(n) for pid, n in con.execute("SELECT pair_id, rows FROM two_view_geometries")}
-    finally:
-        con.close()
     out = {}
-    for a, b in pairs:
-        if a in ids and b in ids:
-            pid = _pair_id(ids[a], ids[b])
-            if pid in checked or pid in rows:
-                out[(a, b)] = rows.get(pid, 0)
+    with open_database(path) as db:
+        ids = _image_ids(db)
+        rows = dict(zip(*db.read_two_view_geometry_num_inliers(), strict=True))
+        for a, b in pairs:
+            if a in ids and b in ids:
+                pid = pycolmap.image_pair_to_pair_id(ids[a], ids[b])
+                if pid in rows or db.exists_matches(ids[a], ids[b]):
+                    out[(a, b)] = int(rows.get(pid, 0))
     return out
 
 
 def list_pairs(output: Path, dataset: str, scene: str) -> list[PairInfo]:
     """Matched pairs of a scene (the groups of ``matches.h5``), most matches first (ties: most inliers, names)."""
-    sdir = scene_dir(output, dataset, scene)
-    if not (sdir / "matches.h5").is_file():
+    sdir = _scene_folder(output, dataset, scene)
+    if not _scene_file(sdir, "matches").is_file():
         return []
-    counts = _match_counts(sdir / "matches.h5", scene_image_names(output, dataset, scene))
-    inliers = _inlier_counts(sdir / "database.db", list(counts))
+    counts = match_counts_h5(_scene_file(sdir, "matches"), scene_image_names(output, dataset, scene))
+    inliers = _inlier_counts(_scene_file(sdir, "database"), list(counts))
     out = [PairInfo(a, b, n, inliers.get((a, b), 0), (a, b) in inliers) for (a, b), n in counts.items()]
     out.sort(key=lambda p: (-p.num_matches, -p.num_inliers, p.name0, p.name1))
     return out
@@ -407,28 +431,24 @@ class PairMatches:
 def read_inlier_matches(path: Path, name0: str, name1: str) -> np.ndarray:
     """Verified inlier matches of a pair from ``database.db``: (K, 2) int32 indices (image 0, image 1).
 
-    COLMAP stores ``rows x 2`` uint32 keypoint indices for the pair ordered by image id; they are
-    swapped back when ``name0`` has the larger id. Empty when the pair was not verified.
+    pycolmap's ``read_two_view_geometry`` gives them in the order of the two images asked for. Empty when
+    the pair was not verified.
     """
-    con = open_database(path)
-    try:
-        ids = _image_ids(con)
-        if name0 not in ids or name1 not in ids:
+    with open_database(path) as db:
+        ids = _image_ids(db)
+        if name0 not in ids or name1 not in ids or not db.exists_two_view_geometry(ids[name0], ids[name1]):
             return np.zeros((0, 2), np.int32)
-        row = con.execute(
-            "SELECT rows, cols, data FROM two_view_geometries WHERE pair_id = ?", (_pair_id(ids[name0], ids[name1]),)
-        ).fetchone()
-    finally:
-        con.close()
-    if row is None or not row[0] or row[2] is None:
-        return np.zeros((0, 2), np.int32)
-    rows, cols, data = int(row[0]), int(row[1]), row[2]
-    if cols != 2 or len(data) != rows * cols * 4:
-        raise ViewerError(f"{path}: two-view geometry of {name0} / {name1} has an unexpected layout")
-    idx = np.frombuffer(data, dtype="<u4").reshape(rows, 2).astype(np.int32)
-    if ids[name0] > ids[name1]:
-        idx = idx[:, ::-1]
-    return np.ascontiguousarray(idx)
+        inliers = np.asarray(db.read_two_view_geometry(ids[name0], ids[name1]).inlier_matches)
+    return np.ascontiguousarray(inliers.reshape(-1, 2).astype(np.int32))
+
+
+def _mark_inliers(matches: np.ndarray, inl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(M,) bool: which ``matches`` are among the verified ``inl``; and the verified ones not among ``matches``."""
+    if not len(inl):
+        return np.zeros(len(matches), bool), np.zeros((0, 2), np.int32)
+    code = matches[:, 0].astype(np.int64) * (1 << 32) + matches[:, 1]
+    inl_code = inl[:, 0].astype(np.int64) * (1 << 32) + inl[:, 1]
+    return np.isin(code, inl_code), inl[~np.isin(inl_code, code)]
 
 
 def load_pair(output: Path, dataset: str, scene: str, name0: str, name1: str) -> PairMatches:
@@ -437,26 +457,18 @@ def load_pair(output: Path, dataset: str, scene: str, name0: str, name1: str) ->
     Raises:
         ViewerError: the pair has no matches in ``matches.h5``.
     """
-    sdir = scene_dir(output, dataset, scene)
-    path = sdir / "matches.h5"
+    sdir = _scene_folder(output, dataset, scene)
+    path = _scene_file(sdir, "matches")
     if not path.is_file():
         raise ViewerError(f"{dataset}/{scene}: no matches.h5")
-    with h5py.File(path, "r", locking=False) as f:
-        key = pair_key(name0, name1)
-        if key not in f:
-            raise ViewerError(f"{dataset}/{scene}: no matches for {name0} / {name1}")
-        m0 = f[key]["matches0"][()]
-    valid = m0 >= 0
-    matches = np.stack([np.nonzero(valid)[0], m0[valid]], axis=1).astype(np.int32)
-    feats = read_features_h5(sdir / "features.h5", [name0, name1])
-    inl = read_inlier_matches(sdir / "database.db", name0, name1) if (sdir / "database.db").is_file() else None
-    inlier = np.zeros(len(matches), bool)
-    extra = np.zeros((0, 2), np.int32)
-    if inl is not None and len(inl):
-        code = matches[:, 0].astype(np.int64) * (1 << 32) + matches[:, 1]
-        inl_code = inl[:, 0].astype(np.int64) * (1 << 32) + inl[:, 1]
-        inlier = np.isin(code, inl_code)
-        extra = inl[~np.isin(inl_code, code)]
+    try:
+        matches, _ = read_matches_h5(path, name0, name1)
+    except KeyError:
+        raise ViewerError(f"{dataset}/{scene}: no matches for {name0} / {name1}") from None
+    feats = read_features_h5(_scene_file(sdir, "features"), [name0, name1])
+    db = _scene_file(sdir, "database")
+    inl = read_inlier_matches(db, name0, name1) if db.is_file() else np.zeros((0, 2), np.int32)
+    inlier, extra = _mark_inliers(matches, inl)
     return PairMatches(
         name0=name0,
         name1=name1,
@@ -505,7 +517,7 @@ class Model:
 
 def list_models(output: Path, dataset: str, scene: str) -> list[int]:
     """The model indices ``k`` of ``sparse/<k>/`` (0 is the largest), sorted."""
-    sparse = scene_dir(output, dataset, scene) / "sparse"
+    sparse = _scene_file(_scene_folder(output, dataset, scene), "sparse")
     if not sparse.is_dir():
         return []
     return sorted(int(p.name) for p in sparse.iterdir() if p.name.isdigit() and p.is_dir())
@@ -519,7 +531,8 @@ def load_model(output: Path, dataset: str, scene: str, k: int = 0) -> Model | No
     """
     import pycolmap
 
-    path = resolve_inside(check_output(output), dataset, scene, "sparse", str(int(k)))
+    sdir = _scene_folder(check_output(output), dataset, scene)
+    path = _inside(sdir, _scene_file(sdir, "sparse") / str(int(k)))
     if not path.is_dir():
         return None
     try:
@@ -560,16 +573,12 @@ def model_from_poses(output: Path, dataset: str, scene: str) -> Model | None:
     """Cameras only (no points), from the poses of ``scene.json``: for scenes whose poses come from a fallback
     (e.g. a two-view geometry) without a ``sparse/`` model. The intrinsics are COLMAP's initial guess
     (focal 1.2 max(W, H), centred principal point), from the image sizes of ``features.h5``."""
-    sdir = scene_dir(output, dataset, scene)
-    try:
-        poses = json.loads((sdir / "scene.json").read_text()).get("poses", {})
-    except (OSError, json.JSONDecodeError):
+    sdir = _scene_folder(output, dataset, scene)
+    poses = _scene_poses(sdir)
+    if not poses or not _scene_file(sdir, "features").is_file():
         return None
-    if not poses or not (sdir / "features.h5").is_file():
-        return None
-    feats = read_features_h5(
-        sdir / "features.h5", [n for n in sorted(poses) if n in set(scene_image_names(output, dataset, scene))]
-    )
+    known = set(scene_image_names(output, dataset, scene))
+    feats = read_features_h5(_scene_file(sdir, "features"), [n for n in sorted(poses) if n in known])
     cameras = []
     for name, f in feats.items():
         rot_values, t_values = poses[name]
