@@ -95,9 +95,9 @@ class RunReport:
     ``stages`` maps a stage (in run order) to its seconds and counts; ``errors`` lists every input file or
     pair that was not used, with the reason."""
 
-    input: str
-    output: str
-    config: dict[str, Any]
+    input: str = ""
+    output: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
     started: str = field(default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = field(default_factory=package_versions)
     work_dir: str = ""
@@ -126,8 +126,11 @@ class RunReport:
         if version not in (1, REPORT_VERSION) or not isinstance(data, dict) or "scenes" not in data:
             raise FormatError(f"{where}: not an imc-ray run report of version 1..{REPORT_VERSION}; run imc-ray again")
         names = {f.name for f in fields(cls)} - {"scenes"}
-        rep = cls(**{k: v for k, v in data.items() if k in names})
-        rep.scenes = {k: SceneReport.from_json(v) for k, v in data["scenes"].items()}
+        try:
+            rep = cls(**{k: v for k, v in data.items() if k in names})
+            rep.scenes = {str(k): SceneReport.from_json(v) for k, v in data["scenes"].items()}
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise FormatError(f"{where}: not a run report this version reads ({exc}); run imc-ray again") from None
         return rep
 
     def scene(self, dataset: str, scene: str) -> SceneReport | None:

@@ -22,6 +22,8 @@ from imc_ray.formats import (
     write_features_h5,
     write_matches_h5,
 )
+from imc_ray.report import RunReport, SceneReport
+from imc_ray.stages.mapping import SceneResult
 from imc_ray.viewer import OUTPUT_ENV, ViewerError, data, launch, streamlit_command
 from imc_ray.viewer.draw import INLIER_RGB, REJECTED_RGB, draw_keypoints, draw_matches
 from imc_ray.viewer.render import best_and_worst, render
@@ -92,13 +94,13 @@ def test_hostile_run_json_names_stay_inside(tmp_path: Path) -> None:
     images = tmp_path / "ds" / "sc" / "images"
     images.mkdir(parents=True)
     with pytest.raises(ViewerError):
-        data.image_path(rep, "ds", "sc", "../../../secret")
+        data.image_path(RunReport.from_json(rep), "ds", "sc", "../../../secret")
     (tmp_path / "secret" / "images").mkdir()
     (tmp_path / "secret" / "images" / "x.png").write_bytes(b"not shown")
     with pytest.raises(ViewerError):
-        data.image_path({"input": str(images.parent)}, "..", "..", "secret/images/x.png")
+        data.image_path(RunReport(input=str(images.parent)), "..", "..", "secret/images/x.png")
     with pytest.raises(ViewerError):
-        data.image_path({"input": str(images.parent)}, "..", "secret", "x.png")
+        data.image_path(RunReport(input=str(images.parent)), "..", "secret", "x.png")
 
 
 def test_loaders_on_a_real_run(sample_run: Run) -> None:
@@ -206,7 +208,7 @@ def test_draw_pictures(sample_run: Run) -> None:
     out, rep = sample_run
     best = data.list_pairs(out, *LEGO)[0]
     pm = data.load_pair(out, *LEGO, best.name0, best.name1)
-    p0, p1 = (data.load_photo(rep, *LEGO, n) for n in (best.name0, best.name1))
+    p0, p1 = (data.load_photo(RunReport.from_json(rep), *LEGO, n) for n in (best.name0, best.name1))
     img = draw_matches(p0, p1, pm, max_height=400)
     assert img.shape[0] == 400 and img.shape[1] > 800
     assert colour_share(img, INLIER_RGB, 10) > 0.005
@@ -281,7 +283,7 @@ def test_app_overview_scenes_counts_and_scores(
 ) -> None:
     from imc_ray import evaluate
 
-    rep = data.load_report(run_copy)
+    rep = data.load_report(run_copy).to_json()
     at = app_test(run_copy, monkeypatch)
     total = sum(s["num_images"] for s in rep["scenes"].values())
     reg = sum(s.get("num_registered", 0) for s in rep["scenes"].values())
@@ -389,13 +391,10 @@ def test_photo_of_a_turned_image_is_shown_upright(tmp_path: Path) -> None:
     stored = np.zeros((40, 60, 3), np.uint8)
     stored[0, 0] = (255, 0, 0)  # top-left of the stored photo
     Image.fromarray(stored).save(images / "a.png")
-    report: dict[str, Any] = {
-        "input": str(tmp_path / "in"),
-        "config": {},
-        "scenes": {"ds/sc": {"rotated": {"a.png": 90}}},
-    }
+    turned = SceneResult("ds", "sc", 1, rotated={"a.png": 90})
+    report = RunReport(input=str(tmp_path / "in"), scenes={"ds/sc": SceneReport(1, result=turned)})
     photo = data.load_photo(report, "ds", "sc", "a.png")
     assert photo.shape == (60, 40, 3)  # turned 90 degrees counter-clockwise: top-left goes to bottom-left
     assert tuple(photo[59, 0]) == (255, 0, 0)
-    report["scenes"]["ds/sc"]["rotated"] = {}
+    turned.rotated = {}
     assert data.load_photo(report, "ds", "sc", "a.png").shape == (40, 60, 3)

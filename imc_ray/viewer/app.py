@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from imc_ray.report import RunReport
 from imc_ray.viewer import INPUT_ENV, OUTPUT_ENV, data, draw
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def _stamp(output: str, name: str = "run.json") -> float:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def cached_report(output: str, stamp: float) -> dict[str, Any]:
+def cached_report(output: str, stamp: float) -> RunReport:
     """``run.json``."""
     return data.load_report(Path(output))
 
@@ -109,7 +110,7 @@ def cached_photo(output: str, stamp: float, dataset: str, scene: str, name: str,
 # ----------------------------------------------------------------------------- views
 
 
-def _run_metrics(report: dict[str, Any], scenes: list[data.SceneSummary], num_errors: int) -> None:
+def _run_metrics(report: RunReport, scenes: list[data.SceneSummary], num_errors: int) -> None:
     """The four numbers on top of the overview: scenes, registered images, errors, total time."""
     total = sum(s.num_images for s in scenes)
     reg = sum(s.num_registered for s in scenes)
@@ -117,7 +118,7 @@ def _run_metrics(report: dict[str, Any], scenes: list[data.SceneSummary], num_er
     cols[0].metric("Scenes", len(scenes))
     cols[1].metric("Images registered", f"{reg} / {total}")
     cols[2].metric("Errors", num_errors)
-    cols[3].metric("Total time", f"{float(report.get('seconds_total', 0.0)):.1f} s")
+    cols[3].metric("Total time", f"{report.seconds_total:.1f} s")
 
 
 def _scene_row(s: data.SceneSummary, evaluation: dict[str, Any] | None) -> dict[str, Any]:
@@ -153,7 +154,7 @@ def _overall_scores(evaluation: dict[str, Any] | None) -> None:
         )
 
 
-def _stage_timings(report: dict[str, Any]) -> None:
+def _stage_timings(report: RunReport) -> None:
     """Seconds per stage as a horizontal bar chart."""
     st.subheader("Stage timings")
     seconds = data.stage_seconds(report)
@@ -171,7 +172,7 @@ def _stage_timings(report: dict[str, Any]) -> None:
     st.plotly_chart(fig, key="timings")
 
 
-def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneSummary], stamp: float) -> None:
+def show_overview(output: Path, report: RunReport, scenes: list[data.SceneSummary], stamp: float) -> None:
     """Scenes with registered / total images and scores, stage timings, per-image errors."""
     st.header("Run overview")
     evaluation = cached_evaluation(str(output), _stamp(str(output), data.EVALUATION_FILE))
@@ -187,7 +188,7 @@ def show_overview(output: Path, report: dict[str, Any], scenes: list[data.SceneS
     else:
         st.success("No image or pair errors.")
     with st.expander("Run settings and versions"):
-        st.json({"input": report.get("input"), "config": report.get("config"), "versions": report.get("versions")})
+        st.json({"input": report.input, "config": report.config, "versions": report.versions})
 
 
 def _xyz(points: np.ndarray) -> dict[str, np.ndarray]:

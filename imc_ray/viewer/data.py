@@ -32,7 +32,16 @@ import numpy as np
 
 from imc_ray import formats
 from imc_ray.config import ImagesConfig
-from imc_ray.formats import Features, feature_names_h5, match_counts_h5, read_features_h5, read_matches_h5
+from imc_ray.formats import (
+    Features,
+    FormatError,
+    SceneLayout,
+    feature_names_h5,
+    match_counts_h5,
+    read_features_h5,
+    read_matches_h5,
+)
+from imc_ray.report import RunReport, read_report
 
 if TYPE_CHECKING:
     import pycolmap
@@ -99,17 +108,9 @@ def _scene_folder(output: Path, dataset: str, scene: str) -> Path:
 
 
 _RunFile = Literal["report", "evaluation", "submission"]
-_SceneFile = Literal["features", "matches", "database", "scene", "sparse"]
 
-# Where each file of a run lies (the layout of imc_ray.formats): read only through _run_file and _scene_file.
+# Where each file of OUTPUT itself lies; a scene's files come from formats.SceneLayout.
 _RUN_FILES: dict[_RunFile, str] = {"report": "run.json", "evaluation": EVALUATION_FILE, "submission": "submission.csv"}
-_SCENE_FILES: dict[_SceneFile, str] = {
-    "features": "features.h5",
-    "matches": "matches.h5",
-    "database": "database.db",
-    "scene": "scene.json",
-    "sparse": "sparse",
-}
 
 
 def _run_file(out: Path, kind: _RunFile) -> Path:
@@ -117,28 +118,20 @@ def _run_file(out: Path, kind: _RunFile) -> Path:
     return out / _RUN_FILES[kind]
 
 
-def _scene_file(sdir: Path, kind: _SceneFile) -> Path:
-    """A file of a scene folder (``sparse`` is the folder of its models)."""
-    return sdir / _SCENE_FILES[kind]
-
-
 # ----------------------------------------------------------------------------- run level
 
 
-def load_report(output: Path) -> dict[str, Any]:
-    """``run.json`` as a dict.
+def load_report(output: Path) -> RunReport:
+    """``run.json``, through the one reader (:func:`imc_ray.report.read_report`).
 
     Raises:
-        ViewerError: missing or not JSON.
+        ViewerError: missing, not JSON, or not a run report.
     """
     path = _run_file(check_output(output), "report")
     try:
-        rep = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ViewerError(f"{path}: cannot read ({exc}); is the run still writing it?") from None
-    if not isinstance(rep, dict):
-        raise ViewerError(f"{path}: not a run report (expected a JSON object)")
-    return rep
+        return read_report(path)
+    except FormatError as exc:
+        raise ViewerError(f"{exc} (is the run still writing it?)") from None
 
 
 @dataclass(frozen=True)
@@ -162,32 +155,33 @@ class SceneSummary:
         return f"{self.dataset}/{self.scene}"
 
 
-def list_scenes(report: dict[str, Any]) -> list[SceneSummary]:
+def list_scenes(report: RunReport) -> list[SceneSummary]:
     """The scenes of ``run.json``'s ``scenes`` (keys ``dataset/scene``), in the report's order."""
     out = []
-    for key, s in report.get("scenes", {}).items():
-        dataset, _, scene = str(key).partition("/")
+    for key, s in report.scenes.items():
+        dataset, _, scene = key.partition("/")
+        r = s.result
         out.append(
             SceneSummary(
                 dataset=dataset,
                 scene=scene,
-                num_images=int(s.get("num_images", 0)),
-                num_registered=int(s.get("num_registered", 0)),
-                num_pairs=int(s.get("num_pairs", 0)),
-                num_verified_pairs=int(s.get("num_verified_pairs", 0)),
-                model_sizes=tuple(int(v) for v in s.get("model_sizes", [])),
-                pairs_method=str(s.get("pairs_method", "")),
-                note=str(s.get("note", "")),
-                error=s.get("error"),
+                num_images=s.num_images,
+                num_registered=s.num_registered,
+                num_pairs=r.num_pairs if r else 0,
+                num_verified_pairs=r.num_verified_pairs if r else 0,
+                model_sizes=tuple(int(v) for v in r.model_sizes) if r else (),
+                pairs_method=s.pairs_method,
+                note=(r.note if r else "") or s.note,
+                error=s.error,
             )
         )
     return out
 
 
-def stage_seconds(report: dict[str, Any]) -> dict[str, float]:
+def stage_seconds(report: RunReport) -> dict[str, float]:
     """Seconds per pipeline stage (``run.json``'s ``stages``), in run order."""
     out = {}
-    for name, st in report.get("stages", {}).items():
+    for name, st in report.stages.items():
         if isinstance(st, dict):
             value = st.get("seconds", st.get("seconds_after_matching"))
             if isinstance(value, int | float) and math.isfinite(value):
@@ -195,10 +189,10 @@ def stage_seconds(report: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def image_errors(report: dict[str, Any]) -> list[dict[str, str]]:
+def image_errors(report: RunReport) -> list[dict[str, str]]:
     """Per-image (or per-pair) errors of the run: dataset, scene, what (image or pair) and error."""
     out = []
-    for e in report.get("errors", []):
+    for e in report.errors:
         what = e.get("image") or " / ".join(e.get("pair", [])) or ""
         out.append(
             {
@@ -248,9 +242,9 @@ def submission_images(output: Path) -> dict[tuple[str, str], dict[str, bool]]:
     return out
 
 
-def images_config(report: dict[str, Any]) -> ImagesConfig:
+def images_config(report: RunReport) -> ImagesConfig:
     """The run's image decoding settings (``config.images`` of ``run.json``), defaults where absent."""
-    section = report.get("config", {}).get("images", {})
+    section = report.config.get("images", {})
     default = ImagesConfig()
     bg = section.get("background", default.background)
     return ImagesConfig(
@@ -265,14 +259,14 @@ def images_config(report: dict[str, Any]) -> ImagesConfig:
 
 def scene_image_names(output: Path, dataset: str, scene: str) -> list[str]:
     """Names of the images that have features (``features.h5``), sorted."""
-    path = _scene_file(_scene_folder(output, dataset, scene), "features")
+    path = SceneLayout(_scene_folder(output, dataset, scene)).features_h5
     return feature_names_h5(path) if path.is_file() else []
 
 
 def _scene_poses(sdir: Path) -> dict[str, Any] | None:
     """``scene.json``'s ``poses`` (image -> [R row-major, t]), None when the file is absent or unreadable."""
     try:
-        poses = json.loads(_scene_file(sdir, "scene").read_text()).get("poses", {})
+        poses = json.loads(SceneLayout(sdir).scene_json.read_text()).get("poses", {})
     except (OSError, json.JSONDecodeError):
         return None
     return poses if isinstance(poses, dict) else None
@@ -283,7 +277,7 @@ def registered_names(output: Path, dataset: str, scene: str) -> set[str]:
     return set(_scene_poses(_scene_folder(output, dataset, scene)) or {})
 
 
-def image_status(output: Path, report: dict[str, Any], dataset: str, scene: str) -> dict[str, bool]:
+def image_status(output: Path, report: RunReport, dataset: str, scene: str) -> dict[str, bool]:
     """Every image of a scene -> registered, sorted by name.
 
     The images are those with features (``features.h5``), those the run could not read (``run.json``'s
@@ -294,7 +288,7 @@ def image_status(output: Path, report: dict[str, Any], dataset: str, scene: str)
     names = set(scene_image_names(output, dataset, scene)) | set(sub)
     names |= {
         str(e["image"])
-        for e in report.get("errors", [])
+        for e in report.errors
         if e.get("image") and (e.get("dataset"), e.get("scene")) == (dataset, scene)
     }
     names.discard("")
@@ -302,7 +296,7 @@ def image_status(output: Path, report: dict[str, Any], dataset: str, scene: str)
     return {n: n in registered for n in sorted(names)}
 
 
-def unregistered_images(output: Path, report: dict[str, Any], dataset: str, scene: str) -> list[str]:
+def unregistered_images(output: Path, report: RunReport, dataset: str, scene: str) -> list[str]:
     """Images of the scene without a pose (see :func:`image_status`), sorted."""
     return [n for n, ok in image_status(output, report, dataset, scene).items() if not ok]
 
@@ -313,7 +307,7 @@ def load_keypoints(output: Path, dataset: str, scene: str, name: str) -> Feature
     Raises:
         ViewerError: no features file, or no such image in it.
     """
-    path = _scene_file(_scene_folder(output, dataset, scene), "features")
+    path = SceneLayout(_scene_folder(output, dataset, scene)).features_h5
     if not path.is_file():
         raise ViewerError(f"{dataset}/{scene}: no features.h5")
     try:
@@ -395,10 +389,10 @@ def _inlier_counts(path: Path, pairs: list[tuple[str, str]]) -> dict[tuple[str, 
 def list_pairs(output: Path, dataset: str, scene: str) -> list[PairInfo]:
     """Matched pairs of a scene (the groups of ``matches.h5``), most matches first (ties: most inliers, names)."""
     sdir = _scene_folder(output, dataset, scene)
-    if not _scene_file(sdir, "matches").is_file():
+    if not SceneLayout(sdir).matches_h5.is_file():
         return []
-    counts = match_counts_h5(_scene_file(sdir, "matches"), scene_image_names(output, dataset, scene))
-    inliers = _inlier_counts(_scene_file(sdir, "database"), list(counts))
+    counts = match_counts_h5(SceneLayout(sdir).matches_h5, scene_image_names(output, dataset, scene))
+    inliers = _inlier_counts(SceneLayout(sdir).database, list(counts))
     out = [PairInfo(a, b, n, inliers.get((a, b), 0), (a, b) in inliers) for (a, b), n in counts.items()]
     out.sort(key=lambda p: (-p.num_matches, -p.num_inliers, p.name0, p.name1))
     return out
@@ -458,15 +452,15 @@ def load_pair(output: Path, dataset: str, scene: str, name0: str, name1: str) ->
         ViewerError: the pair has no matches in ``matches.h5``.
     """
     sdir = _scene_folder(output, dataset, scene)
-    path = _scene_file(sdir, "matches")
+    path = SceneLayout(sdir).matches_h5
     if not path.is_file():
         raise ViewerError(f"{dataset}/{scene}: no matches.h5")
     try:
         matches, _ = read_matches_h5(path, name0, name1)
     except KeyError:
         raise ViewerError(f"{dataset}/{scene}: no matches for {name0} / {name1}") from None
-    feats = read_features_h5(_scene_file(sdir, "features"), [name0, name1])
-    db = _scene_file(sdir, "database")
+    feats = read_features_h5(SceneLayout(sdir).features_h5, [name0, name1])
+    db = SceneLayout(sdir).database
     inl = read_inlier_matches(db, name0, name1) if db.is_file() else np.zeros((0, 2), np.int32)
     inlier, extra = _mark_inliers(matches, inl)
     return PairMatches(
@@ -517,7 +511,7 @@ class Model:
 
 def list_models(output: Path, dataset: str, scene: str) -> list[int]:
     """The model indices ``k`` of ``sparse/<k>/`` (0 is the largest), sorted."""
-    sparse = _scene_file(_scene_folder(output, dataset, scene), "sparse")
+    sparse = SceneLayout(_scene_folder(output, dataset, scene)).sparse
     if not sparse.is_dir():
         return []
     return sorted(int(p.name) for p in sparse.iterdir() if p.name.isdigit() and p.is_dir())
@@ -532,7 +526,7 @@ def load_model(output: Path, dataset: str, scene: str, k: int = 0) -> Model | No
     import pycolmap
 
     sdir = _scene_folder(check_output(output), dataset, scene)
-    path = _inside(sdir, _scene_file(sdir, "sparse") / str(int(k)))
+    path = _inside(sdir, SceneLayout(sdir).sparse / str(int(k)))
     if not path.is_dir():
         return None
     try:
@@ -575,10 +569,10 @@ def model_from_poses(output: Path, dataset: str, scene: str) -> Model | None:
     (focal 1.2 max(W, H), centred principal point), from the image sizes of ``features.h5``."""
     sdir = _scene_folder(output, dataset, scene)
     poses = _scene_poses(sdir)
-    if not poses or not _scene_file(sdir, "features").is_file():
+    if not poses or not SceneLayout(sdir).features_h5.is_file():
         return None
     known = set(scene_image_names(output, dataset, scene))
-    feats = read_features_h5(_scene_file(sdir, "features"), [n for n in sorted(poses) if n in known])
+    feats = read_features_h5(SceneLayout(sdir).features_h5, [n for n in sorted(poses) if n in known])
     cameras = []
     for name, f in feats.items():
         rot_values, t_values = poses[name]
@@ -665,19 +659,19 @@ def _input_scenes(input_root: str) -> dict[tuple[str, str], str]:
         return {}
 
 
-def input_root(report: dict[str, Any], override: Path | None = None) -> Path | None:
+def input_root(report: RunReport, override: Path | None = None) -> Path | None:
     """The run's INPUT folder: ``override``, else ``run.json``'s ``input`` (a relative one is taken from the
     current folder, as the run did); None when it does not exist any more."""
     if override is not None:
         return Path(override).expanduser().resolve() if Path(override).is_dir() else None
-    value = report.get("input")
+    value = report.input
     if not value:
         return None
     path = Path(str(value)).expanduser()
     return path.resolve() if path.is_dir() else None
 
 
-def images_folder(report: dict[str, Any], dataset: str, scene: str, override: Path | None = None) -> Path | None:
+def images_folder(report: RunReport, dataset: str, scene: str, override: Path | None = None) -> Path | None:
     """The input images folder of a scene (``<input>/<dataset>/<scene>/images`` or as the catalog finds it)."""
     root = input_root(report, override)
     if root is None:
@@ -689,7 +683,7 @@ def images_folder(report: dict[str, Any], dataset: str, scene: str, override: Pa
     return Path(found).resolve() if found else None
 
 
-def image_path(report: dict[str, Any], dataset: str, scene: str, name: str, override: Path | None = None) -> Path:
+def image_path(report: RunReport, dataset: str, scene: str, name: str, override: Path | None = None) -> Path:
     """The input photo of one image, checked to lie inside its scene's images folder.
 
     Raises:
@@ -698,7 +692,7 @@ def image_path(report: dict[str, Any], dataset: str, scene: str, name: str, over
     folder = images_folder(report, dataset, scene, override)
     if folder is None:
         raise ViewerError(
-            f"{dataset}/{scene}: the input images folder of the run ({report.get('input')}) is not there any more"
+            f"{dataset}/{scene}: the input images folder of the run ({report.input}) is not there any more"
         )
     path = resolve_inside(folder, *name.split("/"))
     if not path.is_file():
@@ -706,7 +700,7 @@ def image_path(report: dict[str, Any], dataset: str, scene: str, name: str, over
     return path
 
 
-def load_photo(report: dict[str, Any], dataset: str, scene: str, name: str, override: Path | None = None) -> np.ndarray:
+def load_photo(report: RunReport, dataset: str, scene: str, name: str, override: Path | None = None) -> np.ndarray:
     """The decoded photo (H, W, 3) uint8, as the run used it (EXIF orientation, alpha background, and set
     upright when the orientation stage turned it: its keypoints are in the upright image's pixels).
 
@@ -720,5 +714,6 @@ def load_photo(report: dict[str, Any], dataset: str, scene: str, name: str, over
         photo = decode_image(path, images_config(report))
     except ImageError as exc:
         raise ViewerError(str(exc)) from None
-    turn = int(report.get("scenes", {}).get(f"{dataset}/{scene}", {}).get("rotated", {}).get(name, 0))
+    entry = report.scene(dataset, scene)
+    turn = int(entry.result.rotated.get(name, 0)) if entry and entry.result else 0
     return np.ascontiguousarray(np.rot90(photo, k=turn // 90)) if turn else photo  # as orientation.rotate_image

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from imc_ray.formats import atomic_path
+from imc_ray.report import RunReport
 from imc_ray.viewer import data
 from imc_ray.viewer.draw import INLIER_RGB, REJECTED_RGB, match_lines, placeholder, side_by_side
 
@@ -54,7 +54,7 @@ def _save(fig: Figure, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def _photo(report: dict[str, Any], dataset: str, scene: str, name: str, size: tuple[int, int]) -> np.ndarray:
+def _photo(report: RunReport, dataset: str, scene: str, name: str, size: tuple[int, int]) -> np.ndarray:
     """The photo, or a grey stand-in of its size when the input images are gone."""
     try:
         return data.load_photo(report, dataset, scene, name)
@@ -64,7 +64,7 @@ def _photo(report: dict[str, Any], dataset: str, scene: str, name: str, size: tu
 
 
 def pair_figure(
-    report: dict[str, Any],
+    report: RunReport,
     output: Path,
     dataset: str,
     scene: str,
