@@ -165,3 +165,33 @@ def assert_same_poses(got: dict[tuple[str, str, str], Any], want: dict[tuple[str
 SAMPLE_CONFIG = ("fast", ["mapping.num_threads=1"])
 """The settings of ``sample_run``: one mapping thread makes pycolmap bit-reproducible (with two threads,
 bundle adjustment is not), so reruns can be compared exactly."""
+
+QUICK_CONFIG = ("fast", ["mapping.num_threads=1", "features.resize=320", "features.max_keypoints=512"])
+""":data:`SAMPLE_CONFIG` with smaller images and fewer keypoints (a quarter of the pixels, half the keypoints
+of the fast preset): for tests of how a run is launched, resumed, interrupted or spread over nodes, not of
+what it finds. Every stage still runs (the orientation check included), and one mapping thread keeps it
+bit-reproducible."""
+
+
+def config_args(config: tuple[str, list[str]]) -> list[str]:
+    """``--preset NAME --set K=V ...`` of ``config`` for ``imc-ray run``."""
+    preset, overrides = config
+    return ["--preset", preset, *(arg for o in overrides for arg in ("--set", o))]
+
+
+@pytest.fixture(scope="session")
+def odd_run(
+    ray_local: None, sample_input: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any]]:
+    """One uninterrupted real run (in-process, on ``ray_local``) with :data:`QUICK_CONFIG` of the sample's
+    ``odd`` dataset (its scenes ``mixed``, ``pair``, ``disjoint`` and ``empty``): the reference of tests
+    that run its ``odd/mixed`` scene alone and killed, resumed or spread over nodes (so these also check
+    that a scene's outputs do not depend on the other scenes of a run)."""
+    from imc_ray.config import build_config
+    from imc_ray.distributed import pipeline
+
+    root = tmp_path_factory.mktemp("odd_input")
+    shutil.copytree(sample_input / "odd", root / "odd")
+    out = tmp_path_factory.mktemp("odd_run")
+    rep = pipeline.run(root, out, build_config(*QUICK_CONFIG))
+    return out, rep

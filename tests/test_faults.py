@@ -16,7 +16,7 @@ import pytest
 
 from imc_ray.formats import FEATURE_SHARD_SCHEMA, MATCH_SHARD_SCHEMA, read_shards
 
-from .conftest import SAMPLE_CONFIG, assert_same_poses, read_poses
+from .conftest import QUICK_CONFIG, assert_same_poses, config_args, read_poses
 
 Run = tuple[Path, dict[str, Any]]
 SCENE = ("odd", "mixed")
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _cli(input_root: Path, out: Path) -> list[str]:
-    preset, overrides = SAMPLE_CONFIG
-    sets = [arg for o in overrides for arg in ("--set", o)]
-    return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), "--preset", preset, *sets]
+    return [sys.executable, "-m", "imc_ray", "run", str(input_root), str(out), *config_args(QUICK_CONFIG)]
 
 
 def _env() -> dict[str, str]:
@@ -65,10 +63,10 @@ def _kill_when(cmd: list[str], ready: Any, timeout: float = 420.0) -> None:
         ("mapping", "odd/mixed/database.db"),
     ],
 )
-def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, sample_run: Run, tmp_path: Path) -> None:
+def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, odd_run: Run, tmp_path: Path) -> None:
     """On the ``odd/mixed`` scene of the sample alone, compared with that scene of the uninterrupted
-    ``sample_run``: a scene's outputs do not depend on the other scenes of a run."""
-    clean_out, _ = sample_run
+    ``odd_run`` (same settings): a scene's outputs do not depend on the other scenes of a run."""
+    clean_out, _ = odd_run
     clean = read_poses(clean_out / "submission.csv", SCENE)
     assert sum(p is not None for p in clean.values()) >= 5
     scene = tmp_path / "input"

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from .conftest import ROOT, SMALL, small_sample
+from .conftest import QUICK_CONFIG, ROOT, SMALL, config_args, small_sample
 
 VENV_BIN = Path(sys.executable).parent  # the environment running the tests, hence imc-ray's
 RAY = str(VENV_BIN / "ray")
@@ -266,7 +266,7 @@ def test_ray_job_submit_runs_the_pipeline(tmp_path: Path, tmp_path_factory: pyte
         assert f"EXECUTABLE={VENV_BIN / 'python'}" in logs
         print(f"[{time.monotonic() - t0:.0f} s] probe job done")
 
-        entrypoint = ["python", "-m", "imc_ray", "run", str(small), str(out), "--preset", "fast"]
+        entrypoint = ["python", "-m", "imc_ray", "run", str(small), str(out), *config_args(QUICK_CONFIG)]
         job_timeout = TEST_BUDGET_S - STOP_RESERVE_S - (time.monotonic() - t0)
         state, logs = _submit(cluster, working_dir, entrypoint, job_timeout)
         assert state == "SUCCEEDED"

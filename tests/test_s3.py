@@ -22,7 +22,7 @@ import pytest
 
 from imc_ray import cli, storage
 
-from .conftest import SAMPLE_CONFIG, SMALL, assert_same_poses, read_poses, small_sample
+from .conftest import QUICK_CONFIG, SMALL, assert_same_poses, config_args, read_poses, small_sample
 
 BUCKET = "imc-ray-test"
 KEY_ID = "AKIDTESTTESTTESTTEST"
@@ -208,11 +208,9 @@ def test_unreachable_endpoint_is_named_with_the_fix(s3: str) -> None:
 
 
 def _cli(work: Path) -> list[str]:
-    preset, overrides = SAMPLE_CONFIG
-    sets = [arg for o in overrides for arg in ("--set", o)]
     inp = f"s3://{KEY_ID}:{SECRET_URI}@{BUCKET}/in"  # credentials in the URI must be redacted too
     out = f"s3://{BUCKET}/out"
-    return [sys.executable, "-m", "imc_ray", "run", inp, out, "--preset", preset, *sets, "--work-dir", str(work)]
+    return [sys.executable, "-m", "imc_ray", "run", inp, out, *config_args(QUICK_CONFIG), "--work-dir", str(work)]
 
 
 def _run(endpoint: str, work: Path) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ import pytest
 from imc_ray.cli import INTERRUPTED
 from imc_ray.lock import LOCK_NAME
 
-from .conftest import small_sample
+from .conftest import QUICK_CONFIG, config_args, small_sample
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _interrupt(root: Path, out: Path, sig: int, ready: object) -> tuple[int, str
     """Run ``imc-ray run`` in its own process group, send ``sig`` to the group (a terminal's Ctrl-C) once
     ``ready()``; return the exit code, stderr and every process the run started."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "imc_ray", "run", str(root), str(out), "--preset", "fast"]
+    cmd = [sys.executable, "-m", "imc_ray", "run", str(root), str(out), *config_args(QUICK_CONFIG)]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
