@@ -218,6 +218,7 @@ def _imc_scene(folder: Path, sc: report.SceneReport) -> dict[str, Any]:
         "pairs_method": sc.pairs_method,
         "num_pairs": r.num_pairs,
         "num_verified_pairs": r.num_verified_pairs,
+        "pairs": r.pairs,
         "model_sizes": r.model_sizes,
         "attempts": r.attempts,
         "note": r.note,

@@ -155,9 +155,12 @@ def read_report(path: Path) -> RunReport:
 
 
 def summary_table(rep: RunReport) -> str:
-    """One line per scene (images, registered, pairs, verified pairs, models, cameras, pair method) and stage
-    times; below, each scene's camera decision."""
-    head = f"{'scene':<32} {'images':>6} {'reg':>5} {'pairs':>6} {'verif':>6} {'models':>6} {'cams':>4}  pairs by"
+    """One line per scene (images, registered, pairs, verified pairs, pairs the model uses, models, cameras, pair
+    method) and stage times; below, where the pairs went and each scene's camera decision."""
+    head = (
+        f"{'scene':<32} {'images':>6} {'reg':>5} {'pairs':>6} {'verif':>6} {'used':>6} {'models':>6} {'cams':>4}"
+        "  pairs by"
+    )
     lines = [head, "-" * len(head)]
     for key, s in rep.scenes.items():
         r = s.result
@@ -165,17 +168,31 @@ def summary_table(rep: RunReport) -> str:
         note = s.pairs_method + (f"  ERROR {s.error}" if s.error else "")
         note += f"  ({r.note if r else s.note})" if (r.note if r else s.note) else ""
         pairs, verified = (r.num_pairs, r.num_verified_pairs) if r else (0, 0)
+        used = r.pairs.get("used", "-") if r else "-"
         cams = r.cameras.get("count", "-") if r else "-"
-        lines.append(
-            f"{key:<32} {s.num_images:>6} {s.num_registered:>5} {pairs:>6} {verified:>6} {models:>6} {cams:>4}  {note}"
-        )
+        counts = f"{s.num_images:>6} {s.num_registered:>5} {pairs:>6} {verified:>6} {used:>6} {models:>6} {cams:>4}"
+        lines.append(f"{key:<32} {counts}  {note}")
     total_images = sum(s.num_images for s in rep.scenes.values())
     lines.append(f"{'total':<32} {total_images:>6} {sum(s.num_registered for s in rep.scenes.values()):>5}")
     stages = ", ".join(
         f"{name} {st.get('seconds', st.get('seconds_after_matching', 0.0)):.1f}s" for name, st in rep.stages.items()
     )
     lines.append(f"stages: {stages}; total {rep.seconds_total:.1f}s; image errors: {len(rep.errors)}")
+    lines.append(_pair_line(rep))
     for key, s in rep.scenes.items():
         if s.result and s.result.cameras:
             lines.append(f"cameras of {key}: {s.result.cameras['decision']}")
     return "\n".join(lines)
+
+
+def _pair_line(rep: RunReport) -> str:
+    """Where the run's pairs went (``SceneResult.pairs`` summed over scenes)."""
+    total = {k: 0 for k in ("candidates", "matched", "verified", "used", "wasted")}
+    for s in rep.scenes.values():
+        for k in total:
+            total[k] += s.result.pairs.get(k, 0) if s.result else 0
+    share = f" ({100 * total['wasted'] / total['matched']:.0f}%)" if total["matched"] else ""
+    return (
+        f"pairs: {total['candidates']} candidates, {total['matched']} matched, {total['verified']} verified, "
+        f"{total['used']} used by the models; wasted LightGlue calls: {total['wasted']}{share}"
+    )

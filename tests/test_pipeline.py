@@ -38,10 +38,21 @@ def test_report(sample_run: Run) -> None:
     # one camera: the renders have no EXIF, so sharing was earned by the test mapping (focal lengths agree)
     assert lego["cameras"]["count"] == 1 and lego["cameras"]["groups"][0]["source"] == "size"
     assert "agree on focal length" in lego["cameras"]["decision"] and lego["seconds"]["camera_test"] > 0
+    # every pair accounted for: 10 readable views, exhaustive; odd/mixed: 6 usable views, 2 pairs too weak
+    assert lego["pairs"]["candidates"] == lego["pairs"]["matched"] == 45
+    assert (
+        lego["pairs"]["verified"] == lego["num_verified_pairs"]
+        and lego["pairs"]["wasted"] == 45 - lego["num_verified_pairs"]
+    )
+    assert 0 < lego["pairs"]["used"] <= lego["pairs"]["verified"]
+    mixed_pairs = on_disk["scenes"]["odd/mixed"]["pairs"]
+    assert mixed_pairs["candidates"] == mixed_pairs["matched"] == 15
+    assert mixed_pairs["wasted"] == 15 - mixed_pairs["verified"] > 0 and mixed_pairs["used"] <= mixed_pairs["verified"]
     typed = report.read_report(out / "run.json")  # the one reader: the summary, the viewer and bench use it
     assert typed.to_json() == on_disk
     summary = report.summary_table(typed)
-    assert "cams" in summary.splitlines()[0]
+    assert "cams" in summary.splitlines()[0] and "used" in summary.splitlines()[0]
+    assert "wasted LightGlue calls" in summary
     assert f"cameras of nerf_synthetic/lego: {lego['cameras']['decision']}" in summary
     errors = {(e["scene"], e["image"]): e["error"] for e in on_disk["errors"]}
     assert "empty file" in errors.pop(("lego", "broken.jpg"))

@@ -29,6 +29,7 @@ from imc_ray.formats import (
     atomic_path,
     matches_from_table,
     read_features_h5,
+    read_pairs,
     read_shards,
     write_matches_h5,
     write_text_atomic,
@@ -63,6 +64,11 @@ class SceneResult:
     """What the principal-point refinement did to the largest model (see :func:`refine_principal_point`)."""
     cameras: dict[str, Any] = field(default_factory=dict)
     """How many cameras the scene was mapped with, and why (``stages/cameras.py: describe``)."""
+    pairs: dict[str, int] = field(default_factory=dict)
+    """Where every pair went (:func:`pair_accounting`): ``candidates`` (chosen for matching), ``matched``
+    (LightGlue ran on it), ``verified`` (at least ``mapping.min_num_inliers`` geometric inliers), ``used``
+    (verified, and its two images share a 3D point of the largest model) and ``wasted`` (matched, not
+    verified)."""
     error: str | None = None
     note: str = ""
     """Why a scene has no model, or that a fallback made its poses."""
@@ -519,6 +525,7 @@ def run(
         write_models(models, layout.sparse)
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
         _fill_poses(result, models, len(features), layout.database, cfg)
+        result.pairs = pair_accounting(layout, features, len(matches), result.num_verified_pairs, _first(models))
         if result.note:
             logger.warning("scene %s: %s", name, result.note)
     except Exception as exc:
@@ -526,6 +533,47 @@ def run(
         result.error = f"{type(exc).__name__}: {exc}"
     write_text_atomic(layout.scene_json, json.dumps(asdict(result), indent=1))
     return result
+
+
+def _first(models: list[pycolmap.Reconstruction]) -> pycolmap.Reconstruction | None:
+    return models[0] if models else None
+
+
+def used_pairs(rec: pycolmap.Reconstruction, db_path: Path) -> int:
+    """Verified pairs of ``db_path`` (a two-view geometry with inliers) whose images share at least one 3D
+    point of ``rec`` (a track holding both)."""
+    shared: set[tuple[int, int]] = set()
+    for point in rec.points3D.values():
+        ids = sorted({el.image_id for el in point.track.elements})
+        shared.update((a, b) for i, a in enumerate(ids) for b in ids[i + 1 :])
+    with pycolmap.Database.open(str(db_path)) as db:
+        pair_ids, geometries = db.read_two_view_geometries()
+    verified = {
+        tuple(sorted(pycolmap.pair_id_to_image_pair(pid)))
+        for pid, geom in zip(pair_ids, geometries, strict=True)
+        if len(geom.inlier_matches)
+    }
+    return len(shared & verified)
+
+
+def pair_accounting(
+    layout: SceneLayout,
+    features: dict[str, Features],
+    matched: int,
+    verified: int,
+    model: pycolmap.Reconstruction | None,
+) -> dict[str, int]:
+    """The scene's pair counts (:attr:`SceneResult.pairs`); candidates from ``pairs.txt`` (``matched`` when
+    absent: a mapping run on matches made elsewhere)."""
+    candidates = len(read_pairs(layout.pairs_txt, features)) if layout.pairs_txt.is_file() else matched
+    used = used_pairs(model, layout.database) if model is not None else 0
+    return {
+        "candidates": candidates,
+        "matched": matched,
+        "verified": verified,
+        "used": used,
+        "wasted": matched - verified,
+    }
 
 
 def _fill_poses(
