@@ -67,13 +67,18 @@ class SceneReport:
     def error(self) -> str | None:
         return self.result.error if self.result else None
 
+    @property
+    def reason(self) -> str:
+        """Why the scene has no model or how its poses were made (the result's note), else the catalog's."""
+        return (self.result.note if self.result else "") or self.note
+
     def to_json(self) -> dict[str, Any]:
         """The entry as written: the result's fields flattened in, ``num_registered`` added."""
         out: dict[str, Any] = {"num_images": self.num_images}
         out.update({k: v for k, v in (("note", self.note), ("pairs_method", self.pairs_method)) if v})
         if self.result is not None:
             out.update({k: v for k, v in asdict(self.result).items() if k not in ("poses", "num_images", "note")})
-            out["note"] = self.result.note or self.note
+            out["note"] = self.reason
             out["num_registered"] = self.num_registered
         return out
 
@@ -166,7 +171,7 @@ def summary_table(rep: RunReport) -> str:
         r = s.result
         models = ",".join(map(str, r.model_sizes)) if r and r.model_sizes else "-"
         note = s.pairs_method + (f"  ERROR {s.error}" if s.error else "")
-        note += f"  ({r.note if r else s.note})" if (r.note if r else s.note) else ""
+        note += f"  ({s.reason})" if s.reason else ""
         pairs, verified = (r.num_pairs, r.num_verified_pairs) if r else (0, 0)
         used = r.pairs.get("used", "-") if r else "-"
         cams = r.cameras.get("count", "-") if r else "-"

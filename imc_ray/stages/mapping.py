@@ -546,12 +546,10 @@ def used_pairs(rec: pycolmap.Reconstruction, db_path: Path) -> int:
     for point in rec.points3D.values():
         ids = sorted({el.image_id for el in point.track.elements})
         shared.update((a, b) for i, a in enumerate(ids) for b in ids[i + 1 :])
-    with pycolmap.Database.open(str(db_path)) as db:
-        pair_ids, geometries = db.read_two_view_geometries()
+    with pycolmap.Database.open(str(db_path)) as db:  # counts only: the inlier matches are not read
+        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
     verified = {
-        tuple(sorted(pycolmap.pair_id_to_image_pair(pid)))
-        for pid, geom in zip(pair_ids, geometries, strict=True)
-        if len(geom.inlier_matches)
+        tuple(sorted(pycolmap.pair_id_to_image_pair(pid))) for pid, n in zip(pair_ids, inliers, strict=True) if n
     }
     return len(shared & verified)
 

@@ -171,7 +171,7 @@ def list_scenes(report: RunReport) -> list[SceneSummary]:
                 num_verified_pairs=r.num_verified_pairs if r else 0,
                 model_sizes=tuple(int(v) for v in r.model_sizes) if r else (),
                 pairs_method=s.pairs_method,
-                note=(r.note if r else "") or s.note,
+                note=s.reason,
                 error=s.error,
             )
         )
