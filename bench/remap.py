@@ -39,16 +39,22 @@ from imc_ray.stages import cameras, mapping
 from imc_ray.stages.submission import scene_rows, write_submission
 
 
-def scratch_scene(run_scene: SceneLayout, image_dir: Path, work: SceneLayout) -> int:
-    """``work`` with the run scene's ``features.h5`` and matches, restricted to the photos now in ``image_dir``;
-    returns their number."""
+def scratch_scene(
+    run_scene: SceneLayout, image_dir: Path, work: SceneLayout, pairs: set[tuple[str, str]] | None = None
+) -> int:
+    """``work`` with the run scene's ``features.h5`` and matches, restricted to the photos now in ``image_dir``
+    (and to ``pairs``, when given); returns the number of photos."""
     shutil.rmtree(work.root, ignore_errors=True)
     work.root.mkdir(parents=True)
     names = {p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.is_file()}
     feats = {n: f for n, f in read_features_h5(run_scene.features_h5).items() if n in names}
     write_features_h5(work.features_h5, feats)
     table = read_shards(run_scene.match_shards, MATCH_SHARD_SCHEMA)
-    rows = [(a, b, m, s) for (a, b), (m, s) in sorted(matches_from_table(table).items()) if a in feats and b in feats]
+    rows = [
+        (a, b, m, s)
+        for (a, b), (m, s) in sorted(matches_from_table(table).items())
+        if a in feats and b in feats and (pairs is None or (a, b) in pairs)
+    ]
     write_shard(work.match_shards, match_rows("", "", rows))
     return len(feats)
 
@@ -61,15 +67,23 @@ def run_config(run: report.RunReport, sets: list[str], scratch: Path) -> RunConf
     return build_config(preset, [f"mapping.{s}" for s in sets], scratch / "config.json")
 
 
-def remap_scene(output: Path, truth: Path, scene: tuple[str, str], variant: tuple[str, list[str]], work: Path) -> dict:
-    """One scene, one variant: map, write a one-scene submission, score it; the table's row."""
+def remap_scene(
+    output: Path,
+    truth: Path,
+    scene: tuple[str, str],
+    variant: tuple[str, list[str]],
+    work: Path,
+    pairs: set[tuple[str, str]] | None = None,
+) -> dict:
+    """One scene, one variant (only ``pairs`` of the run's matched pairs, when given): map, write a one-scene
+    submission, score it; the table's row."""
     run = report.read_report(output / "run.json")
     (dataset, name), (tag, sets) = scene, variant
     image_dir = truth / dataset / name / "images"
     match_key = run.stage_keys["matches"]
     keys = StageKeys(retrieval="", features="", matches=match_key, mapping=tag)
     scratch = SceneLayout(work, keys)
-    n = scratch_scene(SceneLayout.of(output, dataset, name, keys), image_dir, scratch)
+    n = scratch_scene(SceneLayout.of(output, dataset, name, keys), image_dir, scratch, pairs)
     cfg = run_config(run, sets, work)
     known = cameras.read_cameras_file(Path(cfg.mapping.cameras_file)) if cfg.mapping.cameras_file else ()
     entry = run.scene(dataset, name)
@@ -88,6 +102,7 @@ def remap_scene(output: Path, truth: Path, scene: tuple[str, str], variant: tupl
         **{k: round(score[k], 3) for k in ("auc@1", "auc@5", "auc@10", "imc2024_maa", "imc2023_maa")},
         "decision": result.cameras.get("decision", ""),
         "principal_point": result.principal_point,
+        "pairs": result.pairs,
         "error": result.error,
     }
 

@@ -53,12 +53,19 @@ class RetrievalConfig:
     """Fetch the official checkpoint into the torch hub cache when it is missing (needs internet)."""
     image_size: int = 448
     """Images are resized to this square size (a multiple of 14) for DINOv2."""
-    exhaustive_below: int = 50
-    """Scenes with fewer images than this match every pair."""
-    num_neighbors: int = 20
-    """k nearest neighbours per image when not exhaustive."""
+    exhaustive_below: int = 20
+    """Scenes with fewer images than this match every pair (chosen by measurement: ``bench/pair_policy.py``,
+    ``bench/RESULTS.md``)."""
+    num_neighbors: int = 8
+    """k nearest neighbours per image when not exhaustive (and per weak image in the second round)."""
     sequential_window: int = 5
     """Weights-free fallback: also pair each image with the next ``w`` images in name order."""
+    second_round_min_pairs: int = 5
+    """Scenes matched by nearest neighbours get a second round of pairs before mapping: every image with
+    fewer than this many pairs of ``strong_matches`` matches is matched with its next ``num_neighbors``
+    most similar images (``stages/pairs.py: second_round``). 0: no second round."""
+    strong_matches: int = 100
+    """LightGlue matches that make a pair count as strong for :attr:`second_round_min_pairs`."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,8 @@ LIMITS: dict[str, Limit] = {
     "retrieval.exhaustive_below": Limit(0, _BIG),
     "retrieval.num_neighbors": Limit(1, 10_000),
     "retrieval.sequential_window": Limit(0, 10_000),
+    "retrieval.second_round_min_pairs": Limit(0, 10_000),
+    "retrieval.strong_matches": Limit(1, _BIG),
     "features.resize": Limit(32, 65_536, special=(0,)),
     "features.max_keypoints": Limit(1, 65_536),
     "features.detection_threshold": Limit(0, 1),
@@ -262,10 +271,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "features": {"resize": 640, "max_keypoints": 1024},
         "retrieval": {"image_size": 224},
     },
-    # IMC-style accuracy: larger images, more keypoints, more neighbours.
+    # IMC-style accuracy: larger images, more keypoints, every pair below 50 images, more neighbours above.
     "accurate": {
         "features": {"resize": 1600, "max_keypoints": 4096},
-        "retrieval": {"num_neighbors": 30},
+        "retrieval": {"exhaustive_below": 50, "num_neighbors": 30},
     },
     # EC2 GPU workers: official DINOv2 weights fetched on first use, GPU actors.
     "ec2": {

@@ -12,6 +12,7 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         features.h5                hloc-compatible local features, one group per image name
         global.h5                  hloc-compatible global descriptors (only when DINOv2 ran)
         pairs.txt                  "name0 name1" per line (hloc pairs file; see read_pairs for names with spaces)
+        pairs-round2.txt           the second round's pairs, same format (scenes matched by nearest neighbours only)
         matches.h5                 hloc-compatible matches, one group per pair_key(name0, name1)
         shards/global-<key>/*.parquet    Arrow shards written by the DINOv2 actors (one writer each)
         shards/features-<key>/*.parquet  Arrow shards written by the ALIKED actors (one writer each)
@@ -225,6 +226,10 @@ class SceneLayout:
         return self.root / "pairs.txt"
 
     @property
+    def pairs_round2_txt(self) -> Path:
+        return self.root / "pairs-round2.txt"
+
+    @property
     def matches_h5(self) -> Path:
         return self.root / "matches.h5"
 
@@ -393,6 +398,17 @@ def write_global_h5(path: Path, descriptors: dict[str, np.ndarray]) -> None:
         f.attrs["kind"] = "global"
         for name in sorted(descriptors):
             f.create_group(name).create_dataset("global_descriptor", data=descriptors[name].astype(np.float32))
+
+
+def read_global_h5(path: Path, names: list[str]) -> np.ndarray | None:
+    """(N, D) descriptors of ``names`` from ``global.h5``; None when the file or one of the names is missing."""
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r", locking=False) as f:
+        _check_version(f, path, "global")
+        if not all(n in f for n in names):
+            return None
+        return np.stack([np.asarray(f[n]["global_descriptor"], np.float32) for n in names])
 
 
 def write_matches_h5(

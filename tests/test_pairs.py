@@ -7,8 +7,11 @@ from imc_ray.stages.pairs import (
     exhaustive_pairs,
     knn_pairs,
     mean_local_descriptor,
+    second_round,
     select_pairs,
     sequential_pairs,
+    similarity,
+    weak_images,
 )
 
 NAMES = [f"im{i:03d}.jpg" for i in range(60)]
@@ -69,3 +72,28 @@ def test_mean_local_descriptor() -> None:
     assert g.shape == (128,)
     assert abs(np.linalg.norm(g) - 1) < 1e-5
     assert np.all(mean_local_descriptor(np.zeros((0, 128), np.float32)) == 0)
+
+
+def test_weak_images_count_strong_pairs_only() -> None:
+    names = ["a", "b", "c", "d"]
+    matched = {("a", "b"): 500, ("a", "c"): 300, ("b", "c"): 40, ("c", "d"): 99}
+    assert weak_images(names, matched, strong=100, min_pairs=2) == ["b", "c", "d"]
+    assert weak_images(names, matched, strong=100, min_pairs=1) == ["d"]
+
+
+def test_second_round_gives_a_weakly_connected_image_more_candidates() -> None:
+    names = NAMES[:30]
+    desc = _clustered_descriptors(30, groups=2)  # image i in group i % 2: fifteen similar images each
+    cfg = RetrievalConfig(exhaustive_below=0, num_neighbors=4, second_round_min_pairs=2, strong_matches=100)
+    first = knn_pairs(names, desc, cfg.num_neighbors)
+    matched = {p: 500 for p in first}
+    weak = names[4]
+    for p in [p for p in first if weak in p]:
+        matched[p] = 20  # every first-round pair of one image came back weak
+    extra = second_round(names, similarity(desc), matched, cfg)
+    assert extra and all(weak in p for p in extra)  # only the weak image gets candidates
+    assert len(extra) == cfg.num_neighbors and not set(extra) & set(first)
+    assert all(int(a[2:5]) % 2 == int(b[2:5]) % 2 for a, b in extra)  # its next most similar images
+    off = RetrievalConfig(exhaustive_below=0, num_neighbors=4, second_round_min_pairs=0)
+    assert second_round(names, similarity(desc), matched, off) == []
+    assert second_round(names, similarity(desc), {p: 500 for p in first}, cfg) == []

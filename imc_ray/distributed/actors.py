@@ -1,5 +1,6 @@
 """Thin Ray Data actors: build the model once in ``__init__``, call a stage's pure function in ``__call__``;
-and :func:`check_orientation`, the body of the orientation check's Ray task (stage 6).
+and :func:`prepare_scene`, the body of the task between a scene's matching and its mapping (the second
+round of pairs, stage 4b, and the orientation check, stage 6).
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Rows whose ``error`` is not
 empty pass through untouched, so one bad image never fails a batch.
@@ -56,11 +57,19 @@ def select_device(compute: ComputeConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def check_orientation(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
-    """Task body of the orientation check (:func:`orientation.run`): one torch thread per CPU the task holds
-    (``compute.mapping_cpus``, as the scene's mapping task after it); returns {image: degrees turned}."""
+def prepare_scene(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
+    """Task body between a scene's first round of matching and its mapping, with one torch thread per CPU the
+    task holds (``compute.mapping_cpus``, as the mapping task after it): the second round of pairs
+    (:func:`pairs.round_two`, matched here), then the orientation check (:func:`orientation.run`) when
+    ``matching.rotation_check`` is on. Returns {image: degrees turned}."""
     torch.set_num_threads(max(1, cfg.compute.mapping_cpus))
-    return orientation.run(scene, image_dir, cfg)
+    done = done_keys(scene.match_shards, ("name0", "name1"))
+    todo = [p for p in pairs.round_two(scene, cfg.retrieval) if p not in done]
+    if todo:
+        device = select_device(cfg.compute)
+        found = matching.match_into_shard(scene, todo, matching.load_lightglue(cfg.matching, device), device)
+        logger.info("%s: second round matched %d pairs (%d matches)", scene.root, len(todo), found)
+    return orientation.run(scene, image_dir, cfg) if cfg.matching.rotation_check else {}
 
 
 def _retry(attempts: int, fn: Callable[[], T]) -> T:

@@ -1,5 +1,6 @@
-"""Each scene's CPU tasks, started as soon as its pairs are matched: orientation check, then mapping, then
-(with an OUTPUT URI) the upload of the scene's folder. The stream goes on with the other scenes meanwhile."""
+"""Each scene's CPU tasks, started as soon as its pairs are matched: second round of pairs and orientation
+check (one task), then mapping, then (with an OUTPUT URI) the upload of the scene's folder. The stream goes
+on with the other scenes meanwhile."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import ray
 from imc_ray import storage
 from imc_ray.config import RunConfig
 from imc_ray.distributed import guard
-from imc_ray.distributed.actors import check_orientation
+from imc_ray.distributed.actors import prepare_scene
 from imc_ray.distributed.progress import mapping_progress
 from imc_ray.formats import SceneLayout
 from imc_ray.stages import cameras, mapping
@@ -53,19 +54,22 @@ class SceneScheduler:
         if self.map_cfg.num_threads == -1:  # pycolmap's -1 means every core of the machine, not the task's share
             self.map_cfg = dataclasses.replace(self.map_cfg, num_threads=cfg.compute.mapping_cpus)
         cpus = cfg.compute.mapping_cpus
-        self._orient = ray.remote(num_cpus=cpus)(check_orientation)
+        self._prepare = ray.remote(num_cpus=cpus)(prepare_scene)
         self._map = ray.remote(num_cpus=cpus)(mapping.run)
         self._upload = ray.remote(num_cpus=0.25)(_upload_scene)
         self._futures: list[ray.ObjectRef] = []
         self.submitted: set[SceneKey] = set()
 
     def submit(self, key: SceneKey, num_pairs: int) -> None:
-        """Start the scene's orientation check (when it has pairs), its mapping and its upload."""
+        """Start the scene's second round of pairs and orientation check (when it has pairs and either applies),
+        its mapping and its upload."""
         self.submitted.add(key)
         scene, layout = self.scenes[key]
+        r = self.cfg.retrieval
+        second = len(scene.images) >= r.exhaustive_below and r.second_round_min_pairs > 0
         rotated = None
-        if self.cfg.matching.rotation_check and num_pairs:  # mapping waits for it (an ObjectRef argument)
-            rotated = self._orient.remote(layout, scene.image_dir, self.cfg)
+        if num_pairs and (second or self.cfg.matching.rotation_check):  # mapping waits (an ObjectRef argument)
+            rotated = self._prepare.remote(layout, scene.image_dir, self.cfg)
         inputs = mapping.SceneInputs(layout, scene.image_dir, scene.dataset, scene.name, len(scene.images))
         result = self._map.remote(  # type: ignore[call-arg]  # ray's stubs miss the defaulted arguments
             inputs, self.map_cfg, self.cfg.matching.min_matches, rotated, self.known

@@ -65,7 +65,8 @@ class SceneResult:
     cameras: dict[str, Any] = field(default_factory=dict)
     """How many cameras the scene was mapped with, and why (``stages/cameras.py: describe``)."""
     pairs: dict[str, int] = field(default_factory=dict)
-    """Where every pair went (:func:`pair_accounting`): ``candidates`` (chosen for matching), ``matched``
+    """Where every pair went (:func:`pair_accounting`): ``candidates`` (chosen for matching, both rounds),
+    ``second_round`` (of which the second round added), ``matched``
     (LightGlue ran on it), ``verified`` (at least ``mapping.min_num_inliers`` geometric inliers), ``used``
     (verified, and its two images share a 3D point of the largest model) and ``wasted`` (matched, not
     verified)."""
@@ -561,12 +562,14 @@ def pair_accounting(
     verified: int,
     model: pycolmap.Reconstruction | None,
 ) -> dict[str, int]:
-    """The scene's pair counts (:attr:`SceneResult.pairs`); candidates from ``pairs.txt`` (``matched`` when
-    absent: a mapping run on matches made elsewhere)."""
-    candidates = len(read_pairs(layout.pairs_txt, features)) if layout.pairs_txt.is_file() else matched
+    """The scene's pair counts (:attr:`SceneResult.pairs`); candidates from ``pairs.txt`` and
+    ``pairs-round2.txt`` (``matched`` when absent: a mapping run on matches made elsewhere)."""
+    rounds = [len(read_pairs(p, features)) if p.is_file() else 0 for p in (layout.pairs_txt, layout.pairs_round2_txt)]
+    candidates = sum(rounds) if layout.pairs_txt.is_file() else matched
     used = used_pairs(model, layout.database) if model is not None else 0
     return {
         "candidates": candidates,
+        "second_round": rounds[1],
         "matched": matched,
         "verified": verified,
         "used": used,

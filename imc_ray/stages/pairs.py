@@ -8,6 +8,11 @@ Rule (:func:`select_pairs`):
     L2-normalised ALIKED descriptors, plus the next ``sequential_window`` images in name order
     (photo collections are often shot in sequence) (``"aliked-mean-knn+sequential"``).
 The pair count is O(N k) in both non-exhaustive cases. Pairs are unordered, sorted, ``name0 < name1``.
+
+Second round (:func:`second_round`, run by :func:`round_two` once the first round is matched, before the
+orientation check and mapping): in scenes matched by nearest neighbours, every image with fewer than
+``retrieval.second_round_min_pairs`` pairs of at least ``retrieval.strong_matches`` LightGlue matches is
+matched with its next ``num_neighbors`` most similar images. Its pairs go to ``pairs-round2.txt``.
 """
 
 from __future__ import annotations
@@ -20,8 +25,14 @@ import numpy as np
 from imc_ray.config import RetrievalConfig
 from imc_ray.formats import (
     GLOBAL_SHARD_SCHEMA,
+    MATCH_SHARD_SCHEMA,
     SceneLayout,
+    feature_names_h5,
     globals_from_table,
+    matches_from_table,
+    read_features_h5,
+    read_global_h5,
+    read_pairs,
     read_shards,
     write_global_h5,
     write_pairs,
@@ -52,9 +63,7 @@ def knn_pairs(names: list[str], descriptors: np.ndarray, k: int) -> list[Pair]:
     k = min(k, n - 1)
     if k <= 0:
         return []
-    sim = descriptors @ descriptors.T
-    np.fill_diagonal(sim, -np.inf)
-    nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    nearest = np.argsort(-similarity(descriptors), axis=1, kind="stable")[:, :k]
     return sorted({_ordered(names[i], names[int(j)]) for i in range(n) for j in nearest[i]})
 
 
@@ -73,6 +82,44 @@ def mean_local_descriptor(descriptors: np.ndarray) -> np.ndarray:
     d = descriptors / np.maximum(np.linalg.norm(descriptors, axis=1, keepdims=True), 1e-12)
     m = d.mean(axis=0)
     return (m / max(float(np.linalg.norm(m)), 1e-12)).astype(np.float32)
+
+
+def similarity(descriptors: np.ndarray) -> np.ndarray:
+    """(N, D) L2-normalised descriptors -> (N, N) cosine similarity, -inf on the diagonal."""
+    sim = (descriptors @ descriptors.T).astype(np.float32)
+    np.fill_diagonal(sim, -np.inf)
+    return sim
+
+
+def weak_images(names: list[str], matched: dict[Pair, int], strong: int, min_pairs: int) -> list[str]:
+    """Images with fewer than ``min_pairs`` matched pairs of at least ``strong`` matches.
+
+    matched: matches per matched pair (every pair matched so far, weak ones included)."""
+    count = dict.fromkeys(names, 0)
+    for (a, b), m in matched.items():
+        if m >= strong:
+            count[a] = count.get(a, 0) + 1
+            count[b] = count.get(b, 0) + 1
+    return [n for n in names if count[n] < min_pairs]
+
+
+def second_round(
+    names: list[str], similarity: np.ndarray, matched: dict[Pair, int], cfg: RetrievalConfig
+) -> list[Pair]:
+    """Pairs by need: each weakly connected image (:func:`weak_images`) with its next ``cfg.num_neighbors``
+    most similar images that it was not matched with yet.
+
+    similarity: (N, N) in ``names`` order (:func:`similarity`). Returns new unordered pairs, sorted."""
+    if cfg.second_round_min_pairs == 0:
+        return []
+    index = {n: i for i, n in enumerate(names)}
+    new: set[Pair] = set()
+    for name in weak_images(names, matched, cfg.strong_matches, cfg.second_round_min_pairs):
+        i = index[name]
+        order = np.argsort(-similarity[i], kind="stable")
+        fresh = [names[int(j)] for j in order if j != i and _ordered(name, names[int(j)]) not in matched]
+        new.update(_ordered(name, other) for other in fresh[: cfg.num_neighbors])
+    return sorted(new)
 
 
 def select_pairs(
@@ -121,3 +168,28 @@ def run(
     pairs, method = select_pairs(names, cfg, global_desc, fallback)
     write_pairs(scene.pairs_txt, pairs)
     return pairs, method
+
+
+def _global_descriptors(scene: SceneLayout, names: list[str]) -> np.ndarray:
+    """(N, D) descriptors that chose the first round: DINOv2's (``global.h5``) when it ran for every image,
+    else the weights-free fallback from ``features.h5``."""
+    if (found := read_global_h5(scene.global_h5, names)) is not None:
+        return found
+    feats = read_features_h5(scene.features_h5, names)
+    return np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
+
+
+def round_two(scene: SceneLayout, cfg: RetrievalConfig) -> list[Pair]:
+    """Files in, files out: the second round of a scene whose first round (``pairs.txt``) is matched.
+
+    Writes ``pairs-round2.txt`` (empty for an exhaustive scene or ``second_round_min_pairs=0``) and returns
+    its pairs. Deterministic on resume: only first-round pairs decide which images are weak."""
+    names = feature_names_h5(scene.features_h5)
+    first = read_pairs(scene.pairs_txt, names)
+    extra: list[Pair] = []
+    if len(names) >= cfg.exhaustive_below and cfg.second_round_min_pairs > 0:
+        table = matches_from_table(read_shards(scene.match_shards, MATCH_SHARD_SCHEMA))
+        counts = {p: len(table[p][0]) if p in table else 0 for p in first}
+        extra = second_round(names, similarity(_global_descriptors(scene, names)), counts, cfg)
+    write_pairs(scene.pairs_round2_txt, extra)
+    return extra
