@@ -123,6 +123,25 @@ def test_fused_cross_attention_gives_lightglues_own_matches(extracted: dict[str,
         np.testing.assert_allclose(scores, ref["scores"][0].numpy(), atol=1e-4)
 
 
+def test_first_self_attention_is_computed_once_per_image_with_the_same_matches(
+    extracted: dict[str, Features],
+) -> None:
+    model = matching.load_lightglue(MatchingConfig(), CPU)
+    cached = model.transformers[0].self_attn
+    assert isinstance(cached, matching.CachedSelfBlock)
+    calls: list[int] = []
+    cached.block.register_forward_hook(lambda *_: calls.append(1))
+    order = [("r_33.png", "r_36.png"), ("r_36.png", "r_33.png"), ("r_33.png", "r_36.png")]
+    plain = [matching.match_pair(model, extracted[a], extracted[b], CPU) for a, b in order]
+    assert len(calls) == 2 * len(order)  # without keys: every pair computes both images
+    calls.clear()
+    keyed = [matching.match_pair(model, extracted[a], extracted[b], CPU, keys=(a, b)) for a, b in order]
+    assert len(calls) == 2  # with keys: once per image
+    for (i0, s0), (i1, s1) in zip(plain, keyed, strict=True):
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(s0, s1)
+
+
 def test_fused_cross_attention_masks_padding_as_lightglue() -> None:
     """The mask path (LightGlue's padded batches): padded points see nothing, real points ignore them,
     and outputs equal upstream's CrossBlock, fully masked rows included."""

@@ -296,7 +296,8 @@ class MatcherActor:
         self.node = _node_id()
 
     def _match(self, h5: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-        return matching.match_pair(self.model, self.cache.get(h5, name0), self.cache.get(h5, name1), self.device)
+        f0, f1 = self.cache.get(h5, name0), self.cache.get(h5, name1)
+        return matching.match_pair(self.model, f0, f1, self.device, keys=((h5, name0), (h5, name1)))
 
     def __call__(self, batch: Batch) -> Batch:
         out = {col: batch[col].copy() for col in ROW}

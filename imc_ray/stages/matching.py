@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,41 @@ class FusedCrossBlock(torch.nn.Module):
         return x0 + b.ffn(torch.cat([x0, m0], -1)), x1 + b.ffn(torch.cat([x1, m1], -1))
 
 
+class CachedSelfBlock(torch.nn.Module):
+    """LightGlue's first self-attention block, computed once per image.
+
+    Its input is one image's projected descriptors and keypoint encoding, so its output does not depend on
+    the other image of the pair: with :attr:`keys` set to the two images' keys before a pair, it is looked up
+    in a small LRU cache (exact: the same computation, done once). Later layers see the partner and are not
+    cached. Without keys (or with masks, which only a compiled model uses) it is the plain block.
+    """
+
+    def __init__(self, block: torch.nn.Module, capacity: int = 64) -> None:
+        super().__init__()
+        self.block = block
+        self.capacity = capacity
+        self.keys: list[Hashable] = []
+        """Keys of the images of the next pair, in call order (image 0, then image 1); consumed by the calls."""
+        self._cache: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+
+    def forward(self, x: torch.Tensor, encoding: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (1, N, D) descriptors, encoding: (2, 1, 1, N, D/H) rotary encoding -> (1, N, D)."""
+        key = self.keys.pop(0) if self.keys else None
+        if key is None or mask is not None:
+            return self.block(x, encoding, mask)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        out = self.block(x, encoding)
+        self._cache[key] = out
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return out
+
+
 def load_lightglue(cfg: MatchingConfig, device: torch.device) -> LightGlue:
-    """LightGlue for ALIKED in eval mode on ``device``; on CPU with :class:`FusedCrossBlock`."""
+    """LightGlue for ALIKED in eval mode on ``device``, its first self-attention cached per image
+    (:class:`CachedSelfBlock`); on CPU with :class:`FusedCrossBlock`."""
     model = LightGlue(
         features="aliked",
         depth_confidence=cfg.depth_confidence,
@@ -61,6 +95,7 @@ def load_lightglue(cfg: MatchingConfig, device: torch.device) -> LightGlue:
     if device.type == "cpu":
         for layer in model.transformers:
             layer.cross_attn = FusedCrossBlock(layer.cross_attn)
+    model.transformers[0].self_attn = CachedSelfBlock(model.transformers[0].self_attn)
     return model.eval().to(device)
 
 
@@ -73,13 +108,23 @@ def _as_input(f: Features, device: torch.device) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def match_pair(model: LightGlue, f0: Features, f1: Features, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Match two images.
+def match_pair(
+    model: LightGlue,
+    f0: Features,
+    f1: Features,
+    device: torch.device,
+    keys: tuple[Hashable, Hashable] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match two images; ``keys`` name them for :class:`CachedSelfBlock` (unique per features: the same key
+    must never stand for other keypoints).
 
     Returns: indices (M, 2) int32 into (f0.keypoints, f1.keypoints), and scores (M,) float32.
     """
     if len(f0.keypoints) == 0 or len(f1.keypoints) == 0:
         return np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
+    cached = model.transformers[0].self_attn
+    if isinstance(cached, CachedSelfBlock):
+        cached.keys = list(keys) if keys is not None else []
     pred = model({"image0": _as_input(f0, device), "image1": _as_input(f1, device)})
     return (
         pred["matches"][0].cpu().numpy().astype(np.int32).reshape(-1, 2),
@@ -91,7 +136,7 @@ def match_into_shard(scene: SceneLayout, pairs: list[tuple[str, str]], model: Li
     """Files in, files out: match ``pairs`` of ``scene`` (features from ``features.h5``) and write them as one
     match shard; returns their total number of matches."""
     feats = read_features_h5(scene.features_h5, sorted({n for p in pairs for n in p}))
-    items = [(a, b, *match_pair(model, feats[a], feats[b], device)) for a, b in pairs]
+    items = [(a, b, *match_pair(model, feats[a], feats[b], device, keys=(a, b))) for a, b in pairs]
     write_shard(scene.match_shards, match_rows(scene.root.parent.name, scene.root.name, items))
     return sum(len(idx) for _, _, idx, _ in items)
 

@@ -237,7 +237,7 @@ def _fix(
         items = []
         for a, b in pairs:
             if a in rotated or b in rotated:
-                idx, scores = matching.match_pair(glue, feats[a], feats[b], device)
+                idx, scores = matching.match_pair(glue, feats[a], feats[b], device, keys=(a, b))
                 items.append((a, b, idx, scores))
         write_shard(scene_layout.match_shards / "rotated", match_rows(dataset, scene, items))
         features.consolidate(scene_layout)
