@@ -154,3 +154,27 @@ def test_turned_photos_register_like_upright_ones(ray_local: None, tmp_path: Pat
     assert scores["upright"]["n_registered"] == len(names)
     assert scores["turned"]["registration_rate"] >= scores["upright"]["registration_rate"] - 0.02
     assert scores["turned"]["auc@5"] >= scores["upright"]["auc@5"] - 0.02
+
+
+def test_pretest_passes_the_turn_of_a_turned_photo_and_no_turn_of_an_upright_one() -> None:
+    """The cheap pre-test (small image, few keypoints) decides which turns get the full test."""
+    if not FOX.is_dir():
+        pytest.skip(f"needs the development data at {FOX}")
+    import dataclasses
+
+    import torch
+
+    from imc_ray.stages import catalog, features, matching, orientation
+
+    cfg = build_config("fast", [])
+    cpu = torch.device("cpu")
+    small = dataclasses.replace(cfg.features, resize=orientation.PRETEST_SIZE, max_keypoints=512)
+    models = (features.load_aliked(small, cpu), matching.load_lightglue(cfg.matching, cpu))
+    partners = []
+    for name in ("0003.jpg", "0008.jpg"):
+        image, size = catalog.load_image(FOX / "images" / name, cfg.images, orientation.PRETEST_SIZE)
+        partners.append(features.extract(models[0], [image], [size], cpu)[0])
+    tiny, (w, h) = catalog.load_image(FOX / "images" / "0006.jpg", cfg.images, orientation.PRETEST_SIZE)
+    assert orientation.pretest_turns(tiny, (w, h), partners, models, cpu) == []
+    turned = rotate_image(tiny, 90)  # stored turned by 90 degrees: turning it by 270 sets it upright
+    assert 270 in orientation.pretest_turns(turned, (h, w), partners, models, cpu)
