@@ -54,9 +54,10 @@ from imc_ray.stages import catalog, features, matching
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v2"
+RULE_VERSION = "v3"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
-v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo)."""
+v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
+v3: the pre-test of the turns (:func:`pretest_turns`)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
