@@ -130,6 +130,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dest", type=Path, help="where to write (default: OUTPUT/pictures)")
     g.add_argument("--top", type=int, default=3, help="best and worst pairs per scene (default: %(default)s)")
 
+    x = sub.add_parser("export", help="write a scene's model for splatting and MVS (colmap) or as points (ply)")
+    x.add_argument("output", type=_local_path)
+    x.add_argument("--to", required=True, choices=["colmap", "ply"], help="colmap: DEST/images + DEST/sparse/0; ply")
+    x.add_argument("dest", type=Path, help="a folder (colmap) or a .ply file (ply)")
+    x.add_argument("--scene", help="DATASET/SCENE (needed when OUTPUT holds several scenes with a model)")
+    x.add_argument("--input", type=Path, help="the run's INPUT folder, if the photos moved since the run")
+
     e = sub.add_parser("evaluate", help="score a submission.csv against reference poses")
     e.add_argument("submission", type=_local_path)
     e.add_argument("--truth", type=_local_path, required=True, help="tree with <dataset>/<scene>/labels.csv")
@@ -183,6 +190,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from imc_ray import export
+
+    try:
+        dataset, scene = export.export(args.output, args.to, args.dest, args.scene, args.input)
+    except export.ExportError as exc:
+        print(f"imc-ray export: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"{dataset}/{scene}: {args.to} export in {args.dest}")
+    return EXIT_OK
+
+
 def cmd_fetch_weights(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -208,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "fetch-weights":
             return cmd_fetch_weights(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "view":
             from imc_ray.viewer import launch
 
