@@ -130,10 +130,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--dest", type=Path, help="where to write (default: OUTPUT/pictures)")
     g.add_argument("--top", type=int, default=3, help="best and worst pairs per scene (default: %(default)s)")
 
-    x = sub.add_parser("export", help="write a scene's model for splatting and MVS (colmap) or as points (ply)")
+    x = sub.add_parser("export", help="write a scene's model for splatting and MVS (colmap), NeRF (nerfstudio), ply")
     x.add_argument("output", type=_local_path)
-    x.add_argument("--to", required=True, choices=["colmap", "ply"], help="colmap: DEST/images + DEST/sparse/0; ply")
-    x.add_argument("dest", type=Path, help="a folder (colmap) or a .ply file (ply)")
+    x.add_argument("--to", required=True, choices=["colmap", "nerfstudio", "ply"], help="see README, 'Outputs'")
+    x.add_argument("dest", type=Path, help="a folder (colmap, nerfstudio) or a .ply file (ply)")
     x.add_argument("--scene", help="DATASET/SCENE (needed when OUTPUT holds several scenes with a model)")
     x.add_argument("--input", type=Path, help="the run's INPUT folder, if the photos moved since the run")
 

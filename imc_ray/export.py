@@ -4,6 +4,9 @@ Formats:
   * ``colmap``: ``DEST/images/`` (undistorted, PINHOLE cameras) and ``DEST/sparse/0/`` (binary and text
     model): the layout that 3D Gaussian splatting's ``train.py -s DEST`` and COLMAP's MVS read
     (pycolmap's undistorter);
+  * ``nerfstudio``: the ``colmap`` export plus ``DEST/transforms.json`` (nerfstudio's data format: per-frame
+    PINHOLE intrinsics, camera-to-world ``transform_matrix`` in OpenGL axes, and the ``applied_transform``
+    that ``ns-process-data`` applies to COLMAP's world), ready for ``ns-train ... --data DEST``;
   * ``ply``: ``DEST``, a ``.ply`` file of the model's 3D points with the colour of the photos.
 Photos are written as the model sees them: EXIF orientation applied, transparent pixels on
 ``images.background``, and set upright when the orientation stage turned them (so images and poses agree).
@@ -12,11 +15,13 @@ The export reads the run's files only; the photos come from the run's INPUT (``-
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pycolmap
 from PIL import Image
 
@@ -24,8 +29,11 @@ from imc_ray.formats import SceneLayout
 from imc_ray.report import RunReport
 from imc_ray.viewer import data
 
-Format = Literal["colmap", "ply"]
-FORMATS: tuple[Format, ...] = ("colmap", "ply")
+Format = Literal["colmap", "nerfstudio", "ply"]
+FORMATS: tuple[Format, ...] = ("colmap", "nerfstudio", "ply")
+
+APPLIED_TRANSFORM = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]])
+"""World transform nerfstudio's COLMAP import applies (x, z, -y): (3, 4)."""
 
 
 class ExportError(ValueError):
@@ -93,4 +101,30 @@ def export(
         out = pycolmap.Reconstruction(str(undistorted / "sparse"))
         out.write_binary(str(sparse))
         out.write_text(str(sparse))
+    if fmt == "nerfstudio":
+        write_transforms(out, dest / "transforms.json")
     return key
+
+
+def write_transforms(rec: pycolmap.Reconstruction, path: Path) -> None:
+    """nerfstudio's ``transforms.json`` of an undistorted (PINHOLE) model whose images are in ``images/``."""
+    frames = []
+    for image in sorted(rec.images.values(), key=lambda im: im.name):
+        if not image.has_pose:
+            continue
+        cam = rec.cameras[image.camera_id]
+        fx, fy, cx, cy = cam.params
+        w2c = np.eye(4)
+        w2c[:3] = image.cam_from_world().matrix()
+        c2w = np.linalg.inv(w2c)
+        c2w[:3, 1:3] *= -1  # OpenCV camera axes (x right, y down, z forward) -> OpenGL (y up, z back)
+        c2w = np.vstack([APPLIED_TRANSFORM @ c2w, [0, 0, 0, 1]])
+        frames.append(
+            {
+                "file_path": f"images/{image.name}",
+                "transform_matrix": c2w.tolist(),
+                **{"fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": cam.width, "h": cam.height},
+            }
+        )
+    doc = {"camera_model": "OPENCV", "frames": frames, "applied_transform": APPLIED_TRANSFORM.tolist()}
+    path.write_text(json.dumps(doc, indent=1))

@@ -117,3 +117,34 @@ def test_ply_export_holds_the_coloured_points(sample_run: tuple[Path, dict[str, 
     v = np.frombuffer(body, dtype, count=n)
     assert n > 100 and len(body) == n * dtype.itemsize
     assert np.isfinite(v["x"]).all() and np.ptp(v["r"].astype(int)) > 50  # real colours, not one value
+
+
+def test_nerfstudio_transforms_reproject_in_opengl_axes(
+    sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """transforms.json as nerfstudio documents it: camera-to-world in OpenGL axes (the camera looks down -z, y
+    up) in the world of ``applied_transform``; the model's points project onto their observations."""
+    import json
+
+    out, _ = sample_run
+    dest = tmp_path / "ns"
+    export.export(out, "nerfstudio", dest, "nerf_synthetic/lego")
+    doc = json.loads((dest / "transforms.json").read_text())
+    _, images, points = read_text_model(dest / "sparse" / "0")
+    A = np.vstack([np.array(doc["applied_transform"]), [0, 0, 0, 1]])
+    by_name = {v[0]: v for v in images.values()}
+    errors = []
+    assert len(doc["frames"]) == len(images)
+    for frame in doc["frames"]:
+        assert (dest / frame["file_path"]).is_file()
+        assert Image.open(dest / frame["file_path"]).size == (frame["w"], frame["h"])
+        *_, xy_id = by_name[frame["file_path"].removeprefix("images/")]
+        seen = xy_id[xy_id[:, 2] >= 0]
+        X = np.stack([points[int(i)] for i in seen[:, 2]])
+        Xw = (A @ np.c_[X, np.ones(len(X))].T).T  # world of the export
+        cam = (np.linalg.inv(np.array(frame["transform_matrix"])) @ Xw.T).T
+        assert (cam[:, 2] < 0).all()  # in front of the camera: along -z
+        u = frame["fl_x"] * cam[:, 0] / -cam[:, 2] + frame["cx"]
+        v = frame["fl_y"] * -cam[:, 1] / -cam[:, 2] + frame["cy"]
+        errors.append(np.hypot(u - seen[:, 0], v - seen[:, 1]))
+    assert np.median(np.concatenate(errors)) < 1.5
