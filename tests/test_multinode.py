@@ -37,9 +37,10 @@ class Nodes:
         return str(self.cluster.address)
 
 
-@pytest.fixture()
-def nodes(tmp_path: Path) -> Iterator[Nodes]:
-    """Head (2 CPUs, no ``gpu_like``) plus two worker nodes (1 CPU and 1 ``gpu_like`` each)."""
+@pytest.fixture(scope="module")
+def nodes() -> Iterator[Nodes]:
+    """Head (2 CPUs, no ``gpu_like``) plus two worker nodes (1 CPU and 1 ``gpu_like`` each), one cluster
+    for the module: its runs are separate jobs, and the last test removes a worker node."""
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})

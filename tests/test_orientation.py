@@ -118,9 +118,10 @@ FOX = ROOT.parent / "shared" / "data" / "instant_ngp" / "fox"
 TURNED = {"0006.jpg": 90, "0012.jpg": 180}
 
 
-def _scene_copy(root: Path, names: list[str], turned: dict[str, int]) -> Path:
-    """A copy of part of the fox scene with some photos turned (pixels and reference poses)."""
-    scene = root / "instant_ngp" / "fox"
+def _scene_copy(root: Path, label: str, names: list[str], turned: dict[str, int]) -> Path:
+    """A copy of part of the fox scene, as scene ``instant_ngp/<label>``, with some photos turned (pixels and
+    reference poses)."""
+    scene = root / "instant_ngp" / label
     (scene / "images").mkdir(parents=True)
     for name in names:
         image = np.asarray(Image.open(FOX / "images" / name))
@@ -138,19 +139,22 @@ def _scene_copy(root: Path, names: list[str], turned: dict[str, int]) -> Path:
 
 @pytest.mark.slow
 def test_turned_photos_register_like_upright_ones(ray_local: None, tmp_path: Path) -> None:
-    """Real photos (part of the fox scene), two of them turned: same registration and accuracy."""
+    """Real photos (part of the fox scene), two of them turned: same registration and accuracy. One run of
+    two scenes, an upright copy and a turned one (a scene's outputs do not depend on the other scenes)."""
     if not FOX.is_dir():
         pytest.skip(f"needs the development data at {FOX}")
     names = sorted(p.name for p in (FOX / "images").iterdir())[:7]
     assert set(TURNED) <= set(names)
-    scores = {}
-    for label, turned in (("upright", {}), ("turned", TURNED)):
-        root = _scene_copy(tmp_path / label / "in", names, turned)
-        out = tmp_path / label / "out"
-        rep = pipeline.run(root, out, build_config("fast", ["mapping.num_threads=1"])).to_json()
-        fox = rep["scenes"]["instant_ngp/fox"]
-        assert fox["rotated"] == {n: (360 - d) % 360 for n, d in turned.items()}  # found and turned back
-        [scores[label]] = evaluate.evaluate(out / "submission.csv", root)["scenes"]
+    runs = {"upright": {}, "turned": TURNED}
+    root = tmp_path / "in"
+    for label, turned in runs.items():
+        _scene_copy(root, label, names, turned)
+    out = tmp_path / "out"
+    rep = pipeline.run(root, out, build_config("fast", ["mapping.num_threads=1"])).to_json()
+    for label, turned in runs.items():  # found and turned back
+        assert rep["scenes"][f"instant_ngp/{label}"]["rotated"] == {n: (360 - d) % 360 for n, d in turned.items()}
+    scores = {s["scene"]: s for s in evaluate.evaluate(out / "submission.csv", root)["scenes"]}
+    assert set(scores) == set(runs)
     assert scores["upright"]["n_registered"] == len(names)
     assert scores["turned"]["registration_rate"] >= scores["upright"]["registration_rate"] - 0.02
     assert scores["turned"]["auc@5"] >= scores["upright"]["auc@5"] - 0.02
