@@ -76,7 +76,7 @@ def run(root: Path, out: Path, preset: str, overrides: list[str], pairs_from: Pa
 
         from imc_ray.config import build_config
         from imc_ray.formats import Features
-        from imc_ray.stages import mapping
+        from imc_ray.stages import cameras, mapping
         from imc_ray.stages.catalog import ImageError, find_scenes, load_image
         from imc_ray.stages.submission import write_submission
 
@@ -170,14 +170,18 @@ def run(root: Path, out: Path, preset: str, overrides: list[str], pairs_from: Pa
         # 3. COLMAP: database (pairs with >= min_matches), verification, incremental mapping.
         db_path = scene_out / "database.db"
         with st("database"):
-            kept = mapping.build_database(db_path, feats, matches, cfg.mapping, cfg.matching.min_matches)
+            sizes = {n: f.image_size for n, f in feats.items()}
+            groups = cameras.plan(sizes, scene.image_dir, cfg.mapping.camera_mode)  # no camera test: one plan
+            kept = mapping.build_database(
+                db_path, feats, matches, groups, cfg.mapping.camera_model, cfg.matching.min_matches
+            )
         with st("verification"):
             verified = mapping.verify(db_path, cfg.mapping) if kept else 0
         with st("mapping"):
             models, attempts = [], {}
             if verified:  # imc-ray's mapping: incremental, and a relaxed second attempt if too few registered
-                models, attempts, _ = mapping.map_database(
-                    db_path, scene.image_dir, scene_out / "sparse", cfg.mapping, len(feats)
+                models, attempts = mapping.map_database(
+                    db_path, scene.image_dir, scene_out / "sparse", cfg.mapping, len(feats), groups
                 )
             mapping.write_models(models, scene_out / "sparse")
         poses = mapping.poses_of(models[0]) if models else {}
