@@ -21,8 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from remap import remap_scene
@@ -40,7 +38,7 @@ def policy_pairs(layout: SceneLayout, cfg: RetrievalConfig) -> tuple[set[Pair], 
     round's method; every one must have been matched by the run."""
     feats = read_features_h5(layout.features_h5)
     names = sorted(feats)
-    desc = np.stack([pairs.mean_local_descriptor(feats[n].descriptors) for n in names])
+    desc = pairs.fallback_descriptors(feats, names)
     first, method = pairs.select_pairs(names, cfg, None, desc)
     counts = match_counts_h5(layout.matches_h5, names)
     if missing := [p for p in first if p not in counts]:

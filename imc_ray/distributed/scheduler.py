@@ -15,7 +15,7 @@ from imc_ray.distributed import guard
 from imc_ray.distributed.actors import prepare_scene
 from imc_ray.distributed.progress import mapping_progress
 from imc_ray.formats import SceneLayout
-from imc_ray.stages import cameras, mapping
+from imc_ray.stages import cameras, mapping, pairs
 from imc_ray.stages.catalog import Scene
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,7 @@ class SceneScheduler:
         its mapping and its upload."""
         self.submitted.add(key)
         scene, layout = self.scenes[key]
-        r = self.cfg.retrieval
-        second = len(scene.images) >= r.exhaustive_below and r.second_round_min_pairs > 0
+        second = pairs.has_second_round(len(scene.images), self.cfg.retrieval)
         rotated = None
         if num_pairs and (second or self.cfg.matching.rotation_check):  # mapping waits (an ObjectRef argument)
             rotated = self._prepare.remote(layout, scene.image_dir, self.cfg)

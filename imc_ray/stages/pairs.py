@@ -26,6 +26,7 @@ from imc_ray.config import RetrievalConfig
 from imc_ray.formats import (
     GLOBAL_SHARD_SCHEMA,
     MATCH_SHARD_SCHEMA,
+    Features,
     SceneLayout,
     feature_names_h5,
     globals_from_table,
@@ -164,10 +165,20 @@ def run(
     global_desc = np.stack([glob[n] for n in names]) if names and set(names) <= set(glob) else None
     fallback = None
     if global_desc is None and len(names) >= cfg.exhaustive_below:
-        fallback = np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
+        fallback = fallback_descriptors(feats, names)
     pairs, method = select_pairs(names, cfg, global_desc, fallback)
     write_pairs(scene.pairs_txt, pairs)
     return pairs, method
+
+
+def has_second_round(num_images: int, cfg: RetrievalConfig) -> bool:
+    """Whether a scene of ``num_images`` images gets the second round (it is matched by nearest neighbours)."""
+    return num_images >= cfg.exhaustive_below and cfg.second_round_min_pairs > 0
+
+
+def fallback_descriptors(feats: dict[str, Features], names: list[str]) -> np.ndarray:
+    """(N, D) weights-free global descriptors of ``names`` (:func:`mean_local_descriptor`)."""
+    return np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
 
 
 def _global_descriptors(scene: SceneLayout, names: list[str]) -> np.ndarray:
@@ -175,8 +186,7 @@ def _global_descriptors(scene: SceneLayout, names: list[str]) -> np.ndarray:
     else the weights-free fallback from ``features.h5``."""
     if (found := read_global_h5(scene.global_h5, names)) is not None:
         return found
-    feats = read_features_h5(scene.features_h5, names)
-    return np.stack([mean_local_descriptor(feats[n].descriptors) for n in names])
+    return fallback_descriptors(read_features_h5(scene.features_h5, names), names)
 
 
 def round_two(scene: SceneLayout, cfg: RetrievalConfig) -> list[Pair]:
@@ -187,7 +197,7 @@ def round_two(scene: SceneLayout, cfg: RetrievalConfig) -> list[Pair]:
     names = feature_names_h5(scene.features_h5)
     first = read_pairs(scene.pairs_txt, names)
     extra: list[Pair] = []
-    if len(names) >= cfg.exhaustive_below and cfg.second_round_min_pairs > 0:
+    if has_second_round(len(names), cfg):
         table = matches_from_table(read_shards(scene.match_shards, MATCH_SHARD_SCHEMA))
         counts = {p: len(table[p][0]) if p in table else 0 for p in first}
         extra = second_round(names, similarity(_global_descriptors(scene, names)), counts, cfg)
