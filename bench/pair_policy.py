@@ -39,7 +39,7 @@ def policy_pairs(layout: SceneLayout, cfg: RetrievalConfig) -> tuple[set[Pair], 
     feats = read_features_h5(layout.features_h5)
     names = sorted(feats)
     desc = pairs.fallback_descriptors(feats, names)
-    first, method = pairs.select_pairs(names, cfg, None, desc)
+    first, method = pairs.select_pairs(names, cfg, desc, dinov2=False)
     counts = match_counts_h5(layout.matches_h5, names)
     if missing := [p for p in first if p not in counts]:
         raise SystemExit(

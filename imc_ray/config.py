@@ -53,13 +53,22 @@ class RetrievalConfig:
     """Fetch the official checkpoint into the torch hub cache when it is missing (needs internet)."""
     image_size: int = 448
     """Images are resized to this square size (a multiple of 14) for DINOv2."""
-    exhaustive_below: int = 20
-    """Scenes with fewer images than this match every pair (chosen by measurement: ``bench/pair_policy.py``,
-    ``bench/RESULTS.md``)."""
-    num_neighbors: int = 8
+    exhaustive_below: int = 50
+    """Scenes with fewer images than this match every pair (``bench/pair_policy.py``, ``bench/RESULTS.md``:
+    fewer pairs folded a 40-view object ring)."""
+    num_neighbors: int = 20
     """k nearest neighbours per image when not exhaustive (and per weak image in the second round)."""
+    pairing: Literal["auto", "exhaustive", "sequential"] = "auto"
+    """auto: every pair below ``exhaustive_below`` images, else nearest neighbours; exhaustive: every pair;
+    sequential (video frames): each frame with the next ``sequential_window`` frames in natural name order,
+    plus loop closure: its ``num_neighbors`` nearest neighbours (``stages/pairs.py``)."""
+    pairs_file: str = ""
+    """A pairs file of your own (hloc's pairs.txt: ``name0 name1`` per line, names as in submission.csv)
+    instead of ``pairing``. A relative path is looked up in each scene's folder (beside ``images/``); an
+    absolute path serves a run of one scene. Pairs with an image that cannot be used are left out."""
     sequential_window: int = 5
-    """Weights-free fallback: also pair each image with the next ``w`` images in name order."""
+    """Pair each image with the next ``w`` images in natural name order: ``sequential`` pairing, and the
+    weights-free fallback of ``auto`` (photo collections are often shot in sequence)."""
     second_round_min_pairs: int = 5
     """Scenes matched by nearest neighbours get a second round of pairs before mapping: every image with
     fewer than this many pairs of ``strong_matches`` matches is matched with its next ``num_neighbors``
@@ -121,6 +130,10 @@ class MappingConfig:
     """JSON file of known intrinsics for images matched by glob (format in ``formats.py``); empty: none."""
     known_intrinsics: Literal["fixed", "prior"] = "fixed"
     """fixed: bundle adjustment holds the intrinsics of ``cameras_file`` constant; prior: they are refined."""
+    gps: Literal["register", "prior", "off"] = "register"
+    """GPS in the photos' EXIF (``stages/geo.py``). register: models with >= 3 registered photos with a fix
+    are moved into east-north-up metres about the first fix; prior: also used as position priors in
+    incremental mapping; off: ignored."""
     min_model_size: int = 3
     min_num_inliers: int = 15
     """Verified pairs with fewer inliers are not used by the mapper."""
@@ -271,10 +284,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "features": {"resize": 640, "max_keypoints": 1024},
         "retrieval": {"image_size": 224},
     },
-    # IMC-style accuracy: larger images, more keypoints, every pair below 50 images, more neighbours above.
+    # IMC-style accuracy: larger images, more keypoints, more neighbours above 50 images.
     "accurate": {
         "features": {"resize": 1600, "max_keypoints": 4096},
-        "retrieval": {"exhaustive_below": 50, "num_neighbors": 30},
+        "retrieval": {"num_neighbors": 30},
     },
     # EC2 GPU workers: official DINOv2 weights fetched on first use, GPU actors.
     "ec2": {

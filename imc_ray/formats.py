@@ -20,6 +20,7 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         database.db                COLMAP database (keypoints, matches, two-view geometries)
         sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...)
         scene.json                 mapping summary of the scene
+        orientation.json           the orientation check's decision: key, suspects, groups, rotated (image -> degrees)
 
 ``features.h5`` (hloc layout), group ``/<image name>``:
   * ``keypoints``   float32 (N, 2): x, y in original-image pixels, origin at the centre of the top-left
@@ -44,6 +45,13 @@ Every HDF5 file carries the root attributes ``imc_ray_format`` (= FORMAT_VERSION
 per COLMAP camera: ``first_image``, ``images`` (count), ``size`` [w, h], ``source`` (``known``, ``exif``,
 ``size``, ``folder``, ``image``, ``focal``), ``prior_focal`` and ``focal`` (pixels, or null), ``fixed``,
 ``note``.
+
+``scene.json`` → ``geo`` (GPS, ``stages/geo.py``): ``fixes`` (photos with an EXIF GPS fix) and, when the
+largest model was geo-registered, ``frame`` (``"ENU"``: east-north-up metres), ``origin`` [lat, lon, alt] of
+the frame (the first fix in name order, WGS84), ``images`` (fixes used), ``rms_m`` and ``scale``.
+
+Inputs beside a scene's ``images/``: ``masks/<image name>.png`` (COLMAP's masks: zero drops keypoints;
+``stages/catalog.py``) and, with ``retrieval.pairs_file``, the user's pairs file (hloc's format above).
 
 Known intrinsics (an input: ``mapping.cameras_file``, read by ``stages/cameras.py: read_cameras_file``), JSON::
 

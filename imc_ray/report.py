@@ -192,13 +192,14 @@ def summary_table(rep: RunReport) -> str:
 
 def _pair_line(rep: RunReport) -> str:
     """Where the run's pairs went (``SceneResult.pairs`` summed over scenes)."""
-    total = {k: 0 for k in ("candidates", "second_round", "matched", "verified", "used", "wasted")}
+    total = {k: 0 for k in ("screened", "candidates", "second_round", "matched", "verified", "used", "wasted")}
     for s in rep.scenes.values():
         for k in total:
             total[k] += s.result.pairs.get(k, 0) if s.result else 0
     share = f" ({100 * total['wasted'] / total['matched']:.0f}%)" if total["matched"] else ""
     return (
-        f"pairs: {total['candidates']} candidates ({total['second_round']} in the second round), "
+        f"pairs: {total['screened']} screened out by retrieval, "
+        f"{total['candidates']} candidates ({total['second_round']} in the second round), "
         f"{total['matched']} matched, {total['verified']} verified, "
         f"{total['used']} used by the models; wasted LightGlue calls: {total['wasted']}{share}"
     )

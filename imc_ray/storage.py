@@ -311,7 +311,7 @@ def check_writable(remote: Remote) -> None:
 
 
 def image_plan(remote: Remote) -> dict[str, list[Entry]]:
-    """The photos of a URI INPUT, grouped by scene folder (``""`` for a one-scene tree), by the catalog's
+    """The photos (and masks) of a URI INPUT, grouped by scene folder (``""`` for a one-scene tree), by the catalog's
     one layout rule (:func:`imc_ray.stages.catalog.input_layout`). The catalog then reads the local copy.
 
     Raises:
@@ -332,10 +332,10 @@ def image_plan(remote: Remote) -> dict[str, list[Entry]]:
     layout = input_layout(files, remote.where())
     images = [e for e in files.values() if is_photo(e.rel)]  # HEIC & co. too: the catalog lists them with their error
     if layout.kind == "images":
-        return {"": [e for e in images if e.rel.startswith("images/")]}
+        return {"": [e for e in images if e.rel.startswith(("images/", "masks/"))]}
     if layout.kind == "plain":
         return {"": images}
-    return {f: [e for e in images if e.rel.startswith(f"{f}/images/")] for f in layout.folders}
+    return {f: [e for e in images if e.rel.startswith((f"{f}/images/", f"{f}/masks/"))] for f in layout.folders}
 
 
 def default_work_dir(remote: Remote) -> Path:

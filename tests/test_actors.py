@@ -26,6 +26,7 @@ def _batch(names: list[str]) -> dict[str, np.ndarray]:
         "scene": np.array(["sc"] * len(names), dtype=object),
         "name": np.array(names, dtype=object),
         "path": np.array([str(SAMPLE_SCENE / "images" / n) for n in names], dtype=object),
+        "mask_file": np.array([""] * len(names), dtype=object),
         "need_features": np.ones(len(names), bool),
         "need_global": np.zeros(len(names), bool),
     }
@@ -68,7 +69,9 @@ def test_decode_errors_pass_through_untouched(tmp_path: Path) -> None:
     batch = _batch(["r_20.png"])
     bad = {k: np.concatenate([v, v]) if k != "image" else v for k, v in _batch(["r_20.png"]).items()}
     bad["path"] = np.array([str(SAMPLE_SCENE / "images" / "r_20.png"), str(tmp_path / "missing.png")], dtype=object)
-    decoded = decode_batch({k: v for k, v in bad.items() if k not in ("image", "width", "height", "error")}, CFG)
+    decoded = decode_batch(
+        {k: v for k, v in bad.items() if k not in ("image", "mask", "width", "height", "error")}, CFG
+    )
     assert decoded["error"][0] == "" and "missing.png" in decoded["error"][1]
     out = actors.FeatureActor(CFG, str(tmp_path), stage_keys(CFG))(decoded)
     assert out["num_keypoints"][1] == 0 and "missing.png" in out["error"][1]

@@ -55,29 +55,31 @@ def _kill_when(cmd: list[str], ready: Any, timeout: float = 420.0) -> None:
         proc.wait()
 
 
-@pytest.mark.parametrize(
-    ("point", "glob"),
-    [
-        ("extraction", "odd/mixed/shards/features-*/*.parquet"),
-        ("matching", "odd/mixed/shards/matches-*/*.parquet"),
-        ("mapping", "odd/mixed/database.db"),
-    ],
+KILL_POINTS = (
+    ("extraction", "odd/mixed/shards/features-*/*.parquet"),
+    ("matching", "odd/mixed/shards/matches-*/*.parquet"),
+    ("mapping", "odd/mixed/database.db"),
 )
-def test_kill_driver_then_resume(point: str, glob: str, sample_input: Path, odd_run: Run, tmp_path: Path) -> None:
-    """On the ``odd/mixed`` scene of the sample alone, compared with that scene of the uninterrupted
-    ``odd_run`` (same settings): a scene's outputs do not depend on the other scenes of a run."""
+"""Where the driver is killed: as the first feature shard, the first match shard and the database appear."""
+
+
+def test_kill_driver_then_resume(sample_input: Path, odd_run: Run, tmp_path: Path) -> None:
+    """On the ``odd/mixed`` scene of the sample alone, killed at each point of :data:`KILL_POINTS` in turn
+    (each run resuming the one killed before it), then run to the end: the poses of that scene in the
+    uninterrupted ``odd_run`` (same settings; a scene's outputs do not depend on the other scenes of a run)."""
     clean_out, _ = odd_run
     clean = read_poses(clean_out / "submission.csv", SCENE)
     assert sum(p is not None for p in clean.values()) >= 5
     scene = tmp_path / "input"
     shutil.copytree(sample_input.joinpath(*SCENE), scene.joinpath(*SCENE))
     out = tmp_path / "out"
-    _kill_when(_cli(scene, out), lambda: any(out.glob(glob)))
-    assert not (out / "submission.csv").exists()
-    # every committed shard is whole: readers see complete files or none (temporary names start with '.')
-    for shards in out.glob("*/*/shards/*"):
-        schema = MATCH_SHARD_SCHEMA if shards.name.startswith("matches") else FEATURE_SHARD_SCHEMA
-        read_shards(shards, schema)
+    for point, glob in KILL_POINTS:
+        _kill_when(_cli(scene, out), lambda glob=glob: any(out.glob(glob)))  # type: ignore[misc]
+        assert not (out / "submission.csv").exists(), point
+        # every committed shard is whole: readers see complete files or none (temporary names start with '.')
+        for shards in out.glob("*/*/shards/*"):
+            schema = MATCH_SHARD_SCHEMA if shards.name.startswith("matches") else FEATURE_SHARD_SCHEMA
+            read_shards(shards, schema)
     done = subprocess.run(_cli(scene, out), env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 3, done.stderr[-3000:]  # partial: the bad files
     assert_same_poses(read_poses(out / "submission.csv"), clean)

@@ -1,18 +1,31 @@
 from __future__ import annotations
 
-import numpy as np
+import re
+from pathlib import Path
 
-from imc_ray.config import RetrievalConfig
+import numpy as np
+import pytest
+
+from imc_ray.config import FeaturesConfig, RetrievalConfig
 from imc_ray.stages.pairs import (
+    PairsFileError,
     exhaustive_pairs,
+    fallback_descriptors,
+    has_second_round,
     knn_pairs,
     mean_local_descriptor,
+    natural_key,
+    pairs_file_of,
     second_round,
     select_pairs,
     sequential_pairs,
     similarity,
+    user_pairs,
     weak_images,
 )
+
+from . import scenes
+from .conftest import SAMPLE_SCENE
 
 NAMES = [f"im{i:03d}.jpg" for i in range(60)]
 
@@ -55,14 +68,55 @@ def test_sequential() -> None:
 def test_select_pairs_methods() -> None:
     cfg = RetrievalConfig(exhaustive_below=20, num_neighbors=4, sequential_window=3)
     desc = _clustered_descriptors(60, 6)
-    small, method = select_pairs(NAMES[:10], cfg, None, None)
+    small, method = select_pairs(NAMES[:10], cfg, None, dinov2=False)
     assert method == "exhaustive" and len(small) == 45
-    big, method = select_pairs(NAMES, cfg, desc, None)
+    big, method = select_pairs(NAMES, cfg, desc, dinov2=True)
     assert method == "dinov2-knn" and len(big) <= 60 * 4
-    fb, method = select_pairs(NAMES, cfg, None, desc)
+    fb, method = select_pairs(NAMES, cfg, desc, dinov2=False)
     assert method == "aliked-mean-knn+sequential"
     assert len(fb) <= 60 * (4 + 3)
     assert set(sequential_pairs(NAMES, 3)) <= set(fb)
+    every, method = select_pairs(NAMES, RetrievalConfig(pairing="exhaustive"), None, dinov2=False)
+    assert method == "exhaustive" and len(every) == 60 * 59 // 2
+
+
+def test_sequential_pairing_is_a_window_plus_loop_closure_at_any_size() -> None:
+    frames = [f"frame{i}.jpg" for i in range(12)]  # natural order: frame2 before frame10
+    assert sorted(frames, key=natural_key)[:3] == ["frame0.jpg", "frame1.jpg", "frame2.jpg"]
+    desc = np.zeros((12, 4), np.float32)
+    desc[:, 0] = 1.0
+    desc[11] = desc[0] = [0.0, 1.0, 0.0, 0.0]  # the last frame sees the first place again
+    cfg = RetrievalConfig(pairing="sequential", sequential_window=2, num_neighbors=1, exhaustive_below=50)
+    pairs, method = select_pairs(frames, cfg, desc, dinov2=True)
+    assert method == "sequential+dinov2-knn"
+    assert ("frame10.jpg", "frame9.jpg") in pairs and ("frame10.jpg", "frame8.jpg") in pairs  # the window
+    assert ("frame10.jpg", "frame7.jpg") not in pairs
+    assert ("frame0.jpg", "frame11.jpg") in pairs  # the loop closes through retrieval
+    assert has_second_round(12, cfg) and not has_second_round(12, RetrievalConfig(exhaustive_below=50))
+
+
+def test_user_pairs_file_is_checked_against_the_scene(tmp_path: Path) -> None:
+    names = ["a.jpg", "b.jpg", "sub/c d.jpg"]
+    good = tmp_path / "pairs.txt"
+    good.write_text("b.jpg a.jpg\na.jpg sub/c d.jpg\na.jpg b.jpg\n\nbroken.heic a.jpg\n")
+    assert user_pairs(good, names, unusable=["broken.heic"]) == [("a.jpg", "b.jpg"), ("a.jpg", "sub/c d.jpg")]
+    assert not has_second_round(100, RetrievalConfig(pairs_file="pairs.txt"))
+    cases = {
+        "a.jpg typo.jpg\n": "pair 1 (a.jpg typo.jpg) names 'typo.jpg', which is not an image of this scene",
+        "a.jpg a.jpg\n": "pairs 'a.jpg' with itself",
+        "a.jpg\n": "line 1: cannot tell the two image names apart",
+    }
+    for text, message in cases.items():
+        good.write_text(text)
+        with pytest.raises(PairsFileError, match=re.escape(message)) as err:
+            user_pairs(good, names)
+        assert str(good) in str(err.value)
+    with pytest.raises(PairsFileError, match="pairs file not found"):
+        user_pairs(tmp_path / "missing.txt", names)
+    assert pairs_file_of(tmp_path / "scene", "pairs.txt", 3) == tmp_path / "scene" / "pairs.txt"
+    assert pairs_file_of(tmp_path / "scene", str(good), 1) == good
+    with pytest.raises(PairsFileError, match="one file for 3 scenes"):
+        pairs_file_of(tmp_path / "scene", str(good), 3)
 
 
 def test_mean_local_descriptor() -> None:
@@ -97,3 +151,21 @@ def test_second_round_gives_a_weakly_connected_image_more_candidates() -> None:
     off = RetrievalConfig(exhaustive_below=0, num_neighbors=4, second_round_min_pairs=0)
     assert second_round(names, similarity(desc), matched, off) == []
     assert second_round(names, similarity(desc), {p: 500 for p in first}, cfg) == []
+
+
+@pytest.mark.skipif(not scenes.FOX.is_dir(), reason="needs ../shared/data/instant_ngp/fox")
+def test_retrieval_screens_out_unrelated_pairs_and_keeps_overlapping_ones() -> None:
+    """The screen before LightGlue is pair selection (cheaper per-pair screens were measured and rejected,
+    bench/RESULTS.md): on a real pile of 6 fox photos and 6 lego renders, weights-free descriptors keep every
+    pair of the fox photos (all overlap) and screen out every fox x lego pair."""
+    fox = sorted((scenes.FOX / "images").iterdir())[:6]
+    lego = sorted((SAMPLE_SCENE / "images").iterdir())[:6]
+    feats = scenes.extract(fox + lego, FeaturesConfig(resize=320, max_keypoints=512))
+    names = sorted(feats)
+    cfg = RetrievalConfig(exhaustive_below=0, num_neighbors=5, sequential_window=0)
+    chosen, method = select_pairs(names, cfg, fallback_descriptors(feats, names), dinov2=False)
+    assert method == "aliked-mean-knn+sequential"
+    fox_names = {p.name for p in fox}
+    assert set(exhaustive_pairs(sorted(fox_names))) <= set(chosen)  # no overlapping pair is screened out
+    assert not [(a, b) for a, b in chosen if (a in fox_names) != (b in fox_names)]  # every unrelated one is
+    assert len(chosen) < len(exhaustive_pairs(names))

@@ -39,7 +39,7 @@ def test_report(sample_run: Run) -> None:
     assert lego["cameras"]["count"] == 1 and lego["cameras"]["groups"][0]["source"] == "size"
     assert "agree on focal length" in lego["cameras"]["decision"] and lego["seconds"]["camera_test"] > 0
     # every pair accounted for: 10 readable views, exhaustive; odd/mixed: 6 usable views, 2 pairs too weak
-    assert lego["pairs"]["candidates"] == lego["pairs"]["matched"] == 45
+    assert lego["pairs"]["candidates"] == lego["pairs"]["matched"] == 45 and lego["pairs"]["screened"] == 0
     assert (
         lego["pairs"]["verified"] == lego["num_verified_pairs"]
         and lego["pairs"]["wasted"] == 45 - lego["num_verified_pairs"]

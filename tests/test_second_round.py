@@ -46,6 +46,8 @@ def test_weak_images_get_a_second_round(ray_local: None, tmp_path: Path) -> None
     assert weak and all(a in weak or b in weak for a, b in second)  # only weak images got candidates
     pairs = entry.result.pairs
     assert pairs["second_round"] == len(second) and pairs["candidates"] == len(first) + len(second)
+    n = len(names)
+    assert pairs["screened"] == n * (n - 1) // 2 - pairs["candidates"] > 0
     assert pairs["matched"] == len(matched)
 
     again = pipeline.run(root, out, cfg)  # the rerun: the same second round, nothing matched again

@@ -179,7 +179,9 @@ class FeatureActor:
 
     def _extract(self, batch: Batch, rows: list[int]) -> list[Features]:
         sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in rows]
-        return features.extract(self.model, [batch["image"][i] for i in rows], sizes, self.device)
+        found = features.extract(self.model, [batch["image"][i] for i in rows], sizes, self.device)
+        masks = [batch["mask"][i] for i in rows]
+        return [features.drop_masked(f, m) if m.size else f for f, m in zip(found, masks, strict=True)]
 
     def __call__(self, batch: Batch) -> Batch:
         batch = _decoded(batch, self.cfg)
@@ -236,13 +238,20 @@ class SceneGate:
     """
 
     def __init__(
-        self, cfg: RunConfig, output: str, keys: StageKeys, use_dinov2: bool, expected: dict[tuple[str, str], int]
+        self,
+        cfg: RunConfig,
+        output: str,
+        keys: StageKeys,
+        use_dinov2: bool,
+        expected: dict[tuple[str, str], int],
+        given: dict[tuple[str, str], list[tuple[str, str]]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.output = Path(output)
         self.keys = keys
         self.use_dinov2 = use_dinov2
         self.expected = expected
+        self.given = given or {}
         self.seen: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.emitted: set[tuple[str, str]] = set()
         self.progress = self.output / PROGRESS_FILE
@@ -252,7 +261,7 @@ class SceneGate:
         done_at = time.time()
         t0 = time.perf_counter()
         layout = SceneLayout.of(self.output, *key, self.keys)
-        chosen, method = pairs.run(layout, self.cfg.retrieval, self.use_dinov2, self.seen[key])
+        chosen, method = pairs.run(layout, self.cfg.retrieval, self.use_dinov2, self.seen[key], self.given.get(key))
         done = done_keys(layout.match_shards, ("name0", "name1"))
         todo = [p for p in chosen if p not in done]
         logger.info("scene %s/%s: %d pairs chosen by %s, %d to match", *key, len(chosen), method, len(todo))

@@ -18,7 +18,7 @@ from imc_ray.distributed.stream import build_stream, image_items
 from imc_ray.distributed.tally import Tally
 from imc_ray.formats import SceneLayout
 from imc_ray.report import RunReport
-from imc_ray.stages import cameras, mapping, retrieval
+from imc_ray.stages import cameras, mapping, pairs, retrieval
 from imc_ray.stages.catalog import Scene
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 def _use_dinov2(scenes: list[Scene], cfg: RunConfig, rep: RunReport) -> bool:
     """Whether the stream runs DINOv2: some scene is large enough for retrieval and the weights can be had
     (else the weights-free fallback chooses pairs, and the report says why)."""
-    reason = "every scene is below retrieval.exhaustive_below"
-    if any(len(s.images) >= cfg.retrieval.exhaustive_below for s in scenes):
+    reason = "no scene is paired by nearest neighbours (retrieval.pairing, exhaustive_below, pairs_file)"
+    if any(pairs.needs_retrieval(len(s.images), cfg.retrieval) for s in scenes):
         try:
             retrieval.resolve_weights(cfg.retrieval)
             reason = ""
@@ -37,6 +37,19 @@ def _use_dinov2(scenes: list[Scene], cfg: RunConfig, rep: RunReport) -> bool:
             logger.warning("pair selection: DINOv2 unavailable, using the weights-free fallback. %s", reason)
     rep.retrieval = {"dinov2": not reason, "reason": reason}
     return not reason
+
+
+def _given_pairs(scenes: list[Scene], cfg: RunConfig) -> dict[tuple[str, str], list[pairs.Pair]]:
+    """The pairs of each scene's pairs file (``retrieval.pairs_file``; none when unset), checked up front."""
+    value = cfg.retrieval.pairs_file
+    if not value:
+        return {}
+    return {
+        (s.dataset, s.name): pairs.user_pairs(
+            pairs.pairs_file_of(s.folder, value, len(scenes)), [r.name for r in s.images], [p.name for p in s.problems]
+        )
+        for s in scenes
+    }
 
 
 def _per_node(counts: Counter[str]) -> dict[str, int]:
@@ -78,11 +91,13 @@ def stream_and_map(
     """Every image of ``scenes`` through the stream, each scene's tasks as soon as it is matched; fills the
     report's stages, pair methods and errors; returns the scenes' mapping results."""
     keys = stage_keys(cfg)
+    given = _given_pairs(scenes, cfg)  # before any work: a bad pairs file fails the run up front
     use_dinov2 = _use_dinov2(scenes, cfg, rep)
     items, reused = image_items(scenes, output, keys, use_dinov2)
     by_key = {(s.dataset, s.name): (s, SceneLayout.of(output, s.dataset, s.name, keys)) for s in scenes}
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    ds = build_stream(items, {k: len(s.images) for k, (s, _) in by_key.items()}, output, cfg, keys, gpus, use_dinov2)
+    expected = {k: len(s.images) for k, (s, _) in by_key.items()}
+    ds = build_stream(items, expected, given, output, cfg, keys, gpus, use_dinov2)
     scheduler = SceneScheduler(by_key, cfg, known, upload_to)
     tally = Tally(started=time.time())
     hint = (

@@ -78,13 +78,15 @@ def image_items(
 def build_stream(
     items: list[dict[str, Any]],
     expected: dict[tuple[str, str], int],
+    given: dict[tuple[str, str], list[tuple[str, str]]],
     output: Path,
     cfg: RunConfig,
     keys: StageKeys,
     gpus: float,
     use_dinov2: bool,
 ) -> ray.data.Dataset:
-    """The stream over ``items`` (:func:`image_items`); ``expected``: images per scene (the gate's count)."""
+    """The stream over ``items`` (:func:`image_items`); ``expected``: images per scene (the gate's count);
+    ``given``: the pairs of scenes with a pairs file (``retrieval.pairs_file``)."""
     image_batch = cfg.compute.image_batch_size
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=-(-len(items) // image_batch))
     if use_gpu(cfg, gpus):  # CPU decode workers feed the GPU actors; CPU-only, the first model actor decodes
@@ -96,7 +98,7 @@ def build_stream(
     ds = ds.map_batches(FeatureActor, fn_constructor_kwargs=args, batch_size=image_batch, **models)
     ds = ds.map_batches(
         SceneGate,
-        fn_constructor_kwargs={**args, "use_dinov2": use_dinov2, "expected": expected},
+        fn_constructor_kwargs={**args, "use_dinov2": use_dinov2, "expected": expected, "given": given},
         batch_size=None,
         compute=ActorPoolStrategy(size=1),
         num_cpus=0,

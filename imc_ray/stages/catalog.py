@@ -15,6 +15,11 @@ Every file below an images folder ends in one place: an :class:`ImageRef` (decod
 break, a name whose HDF5 key another image has) still gets a ``nan`` row in ``submission.csv``.
 Symlinked folders are followed, each real folder once.
 
+Masks (COLMAP's convention): ``masks/<image name>.png`` beside a scene's ``images/`` folder, zero where
+keypoints are dropped (:func:`load_mask`; ``ImageRef.mask_file``). A mask is in the pixels of the image as decoded
+here (EXIF orientation applied); a mask with the stored size of a photo that EXIF turns by 90 degrees is
+turned with it. Files in ``masks/`` that belong to no image are named in a warning.
+
 Decoding (``decode_image``) applies the EXIF orientation, composites alpha onto a fixed background,
 expands grayscale, scales 16-bit data to 8 bits, and refuses decompression bombs and tiny images
 with an :class:`ImageError` that names the file and the fix.
@@ -60,6 +65,8 @@ class ImageRef:
     scene: str
     name: str
     path: str
+    mask_file: str = ""
+    """Path of the image's mask (``masks/<name>.png``), or empty."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,11 @@ class Scene:
     image_dir: Path
     images: tuple[ImageRef, ...]
     problems: tuple[Problem, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        """The scene's folder: the one holding ``images/`` (and ``masks/``), or the plain folder of photos."""
+        return self.image_dir.parent if self.image_dir.name == "images" else self.image_dir
 
     def row_names(self) -> list[str]:
         """The image names ``submission.csv`` lists: every usable image, then every problem photo."""
@@ -153,8 +165,43 @@ def _scene(dataset: str, name: str, image_dir: Path, exclude: frozenset[Path] = 
             problems.append(problem)
             continue
         keys[key] = p
-        refs.append(ImageRef(dataset=dataset, scene=name, name=rel, path=str(p)))
+        mask = mask_path(image_dir, rel)
+        refs.append(ImageRef(dataset=dataset, scene=name, name=rel, path=str(p), mask_file=str(mask) if mask else ""))
+    _warn_unused_masks(image_dir, {r.name for r in refs})
     return Scene(dataset=dataset, name=name, image_dir=image_dir, images=tuple(refs), problems=tuple(problems))
+
+
+MASKS_DIR = "masks"
+"""The folder beside a scene's ``images/`` that holds its masks (module docstring)."""
+
+
+def mask_path(image_dir: Path, name: str) -> Path | None:
+    """The mask of image ``name`` (``<image_dir>/../masks/<name>.png``), or None when there is none.
+    A plain folder of photos (no ``images/`` folder) has no masks."""
+    if image_dir.name != "images":
+        return None
+    path = image_dir.parent / MASKS_DIR / f"{name}.png"
+    return path if path.is_file() else None
+
+
+def _warn_unused_masks(image_dir: Path, names: set[str]) -> None:
+    """Warn about files in ``masks/`` that are the mask of no image (a wrong name drops no keypoint)."""
+    folder = image_dir.parent / MASKS_DIR
+    if image_dir.name != "images" or not folder.is_dir():
+        return
+    unused = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix().removesuffix(".png") not in names
+    )
+    if unused:
+        logger.warning(
+            "%s: %d file(s) are the mask of no image (%s); a mask is named <image name>.png, e.g. masks/%s.png",
+            folder,
+            len(unused),
+            _listing(unused),
+            sorted(names)[0] if names else "a.jpg",
+        )
 
 
 @dataclass(frozen=True)
@@ -377,3 +424,41 @@ def load_image(path: str | Path, cfg: ImagesConfig, long_side: int) -> tuple[np.
     """
     image = decode_image(path, cfg)
     return resize_long_side(image, long_side), (image.shape[1], image.shape[0])
+
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TURNS = {
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def load_mask(path: str | Path, photo: str | Path, size: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
+    """A scene mask (module docstring) at the working size.
+
+    size: (W, H) of the decoded photo; work: (w, h) of the image the models see.
+    Returns: (h, w) bool, True where keypoints are kept.
+
+    Raises:
+        ImageError: the mask is unreadable or its size is not the photo's (the message names both files).
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mask = im.convert("L")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"{path}: not a readable mask ({exc}); a mask is a PNG, zero where keypoints are dropped"
+        ) from None
+    if mask.size != size and mask.size == (size[1], size[0]):
+        with Image.open(photo) as im:
+            turn = _EXIF_TURNS.get(int(im.getexif().get(_EXIF_ORIENTATION, 1)))
+        mask = mask.transpose(turn) if turn is not None else mask
+    if mask.size != size:
+        raise ImageError(
+            f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its photo {photo} is {size[0]}x{size[1]}; "
+            "make the mask the size of the photo"
+        )
+    return np.asarray(mask.resize(work, Image.Resampling.NEAREST)) > 0

@@ -37,6 +37,18 @@ def to_original_pixels(keypoints: np.ndarray, resized_wh: tuple[int, int], origi
     return ((keypoints.astype(np.float64) + 0.5) * scale - 0.5).astype(np.float32)
 
 
+def drop_masked(f: Features, mask: np.ndarray) -> Features:
+    """The features whose keypoints fall where ``mask`` is True (COLMAP's masks: zero drops a keypoint).
+
+    mask: (h, w) bool over the whole image at any scale (keypoints are scaled from ``f.image_size``)."""
+    h, w = mask.shape
+    xy = to_original_pixels(f.keypoints, f.image_size, (w, h))
+    col = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, w - 1)
+    row = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, h - 1)
+    keep = mask[row, col]
+    return Features(f.keypoints[keep], f.scores[keep], f.descriptors[keep], f.image_size)
+
+
 def batches_by_size(model: ALIKED, images: list[np.ndarray], together: bool) -> list[list[int]]:
     """Indices of ``images`` that :func:`extract` runs through ALIKED in one forward pass: with
     ``together``, images of one shape when ALIKED keeps a fixed number of keypoints (top-k:

@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from imc_ray.formats import (
     Features,
     SceneLayout,
     atomic_path,
+    done_keys,
     matches_from_table,
     read_features_h5,
     read_pairs,
@@ -34,7 +35,7 @@ from imc_ray.formats import (
     write_matches_h5,
     write_text_atomic,
 )
-from imc_ray.stages import cameras
+from imc_ray.stages import cameras, geo
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ class SceneResult:
     """What the principal-point refinement did to the largest model (see :func:`refine_principal_point`)."""
     cameras: dict[str, Any] = field(default_factory=dict)
     """How many cameras the scene was mapped with, and why (``stages/cameras.py: describe``)."""
+    geo: dict[str, Any] = field(default_factory=dict)
+    """GPS (``stages/geo.py``): ``fixes`` (photos with one), and when the largest model was geo-registered
+    ``frame`` ("ENU"), ``origin`` [lat, lon, alt] and its fit (``images``, ``rms_m``, ``scale``)."""
     pairs: dict[str, int] = field(default_factory=dict)
-    """Where every pair went (:func:`pair_accounting`): ``candidates`` (chosen for matching, both rounds),
+    """Where every pair went (:func:`pair_accounting`): ``screened`` (of the N (N - 1) / 2 pairs, those pair
+    selection kept from LightGlue), ``candidates`` (chosen for matching, both rounds),
     ``second_round`` (of which the second round added), ``matched``
     (LightGlue ran on it), ``verified`` (at least ``mapping.min_num_inliers`` geometric inliers), ``used``
     (verified, and its two images share a 3D point of the largest model) and ``wasted`` (matched, not
@@ -148,15 +153,23 @@ def _largest_first(
 
 
 def incremental(
-    db_path: Path, image_dir: Path, out_dir: Path, cfg: MappingConfig, fixed: set[int], relaxed: bool = False
+    db_path: Path,
+    image_dir: Path,
+    out_dir: Path,
+    cfg: MappingConfig,
+    fixed: set[int],
+    relaxed: bool = False,
+    priors: bool = False,
 ) -> list[pycolmap.Reconstruction]:
     """pycolmap incremental mapping; returns every model, largest first.
 
     fixed: ids of cameras whose intrinsics bundle adjustment holds constant (known intrinsics).
     relaxed: a second attempt for scenes the defaults leave partly unregistered: a smaller initial
     triangulation angle (8 instead of 16 degrees) and fewer inliers needed to register an image.
+    priors: the database holds position priors (``stages/geo.py``) and the mapper uses them.
     """
     opts = pycolmap.IncrementalPipelineOptions()
+    opts.use_prior_position = priors
     opts.constant_cameras = set(fixed)
     opts.min_model_size = cfg.min_model_size
     opts.max_num_models = cfg.max_num_models
@@ -288,20 +301,21 @@ def map_database(
     num_images: int,
     groups: list[cameras.CameraGroup],
     retry: bool = True,
+    priors: bool = False,
 ) -> tuple[list[pycolmap.Reconstruction], dict[str, int]]:
     """Mapping (``cfg.mapper``: incremental or global), then (with ``retry``) a relaxed incremental second
     attempt when the largest model registers fewer than ``cfg.retry_below * num_images`` images.
 
     Returns the models of the better attempt (largest first) and the images registered in the largest
-    model of each attempt."""
+    model of each attempt. priors: the database holds position priors for the incremental mapper."""
     fixed = {g.camera_id for g in groups if g.fixed}
     if cfg.mapper == "global":
         models = global_sfm(db_path, image_dir, out_dir, cfg, fixed_all=bool(groups) and len(fixed) == len(groups))
     else:
-        models = incremental(db_path, image_dir, out_dir, cfg, fixed)
+        models = incremental(db_path, image_dir, out_dir, cfg, fixed, priors=priors)
     attempts = {"default": models[0].num_reg_images() if models else 0}
     if retry and cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
-        again = incremental(db_path, image_dir, out_dir, cfg, fixed, relaxed=True)
+        again = incremental(db_path, image_dir, out_dir, cfg, fixed, relaxed=True, priors=priors)
         attempts["relaxed"] = again[0].num_reg_images() if again else 0
         if attempts["relaxed"] > attempts["default"]:
             models = again
@@ -329,6 +343,8 @@ class SceneData:
     features: dict[str, Features]
     matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
     """(name0, name1) -> (indices (M, 2) int32, scores (M,) float32)."""
+    priors: dict[str, np.ndarray] = field(default_factory=dict)
+    """Position priors (3,) in ENU metres by image (``mapping.gps=prior``; ``stages/geo.py``)."""
 
 
 def _database_and_models(
@@ -345,6 +361,7 @@ def _database_and_models(
     db_path = data.layout.database
     t0 = time.perf_counter()
     result.num_pairs = build_database(db_path, data.features, data.matches, groups, cfg.camera_model, min_matches)
+    priors = bool(data.priors) and geo.write_priors(db_path, data.priors) > 0
     t1 = time.perf_counter()
     result.num_verified_pairs = verify(db_path, cfg) if result.num_pairs else 0
     t2 = time.perf_counter()
@@ -352,7 +369,7 @@ def _database_and_models(
     attempts: dict[str, int] = {}
     if result.num_verified_pairs:
         models, attempts = map_database(
-            db_path, data.image_dir, data.layout.sparse, cfg, len(data.features), groups, not test
+            db_path, data.image_dir, data.layout.sparse, cfg, len(data.features), groups, not test, priors
         )
     if test:
         result.seconds["camera_test"] = time.perf_counter() - t0
@@ -511,6 +528,8 @@ def run(
         features = read_features_h5(layout.features_h5)
         matches = matches_from_table(read_shards(layout.match_shards, MATCH_SHARD_SCHEMA))
         matches = {(a, b): m for (a, b), m in matches.items() if a in features and b in features}  # images now
+        if (chosen := chosen_pairs(layout, features)) is not None:
+            matches = {pair: m for pair, m in matches.items() if pair in chosen}
         sizes = {n: f.image_size for n, f in features.items()}
         fix = cfg.known_intrinsics == "fixed"
         groups = cameras.plan(sizes, scene.image_dir, cfg.camera_mode, known, name, rotated, fix)
@@ -521,7 +540,12 @@ def run(
             previous.num_images = scene.num_images
             return previous
         write_matches_h5(layout.matches_h5, matches, {n: len(f.keypoints) for n, f in features.items()})
-        models = map_scene(SceneData(layout, scene.image_dir, features, matches), groups, cfg, min_matches, result)
+        positions, origin = geo.enu_positions(geo.scene_fixes(scene.image_dir, features, cfg.gps))
+        priors = positions if cfg.gps == "prior" else {}
+        models = map_scene(
+            SceneData(layout, scene.image_dir, features, matches, priors), groups, cfg, min_matches, result
+        )
+        result.geo = geo.register_models(models, positions, origin)
         t0 = time.perf_counter()
         write_models(models, layout.sparse)
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
@@ -555,6 +579,20 @@ def used_pairs(rec: pycolmap.Reconstruction, db_path: Path) -> int:
     return len(shared & verified)
 
 
+def chosen_pairs(layout: SceneLayout, names: Iterable[str]) -> set[tuple[str, str]] | None:
+    """The pairs this run chose for the scene (``pairs.txt``, ``pairs-round2.txt`` and the pairs the
+    orientation stage matched, ``stages/orientation.py``): matches of other
+    pairs, left in the shards by earlier runs with other pair settings, are not mapped. None without
+    ``pairs.txt`` (matches made elsewhere: every match is used)."""
+    if not layout.pairs_txt.is_file():
+        return None
+    known = list(names)
+    chosen = {p for f in (layout.pairs_txt, layout.pairs_round2_txt) if f.is_file() for p in read_pairs(f, known)}
+    if layout.keys is not None:  # pairs the orientation stage added for a turned group
+        chosen |= {(a, b) for a, b in done_keys(layout.match_shards / "rotated", ("name0", "name1"))}
+    return chosen
+
+
 def pair_accounting(
     layout: SceneLayout,
     features: dict[str, Features],
@@ -567,7 +605,9 @@ def pair_accounting(
     rounds = [len(read_pairs(p, features)) if p.is_file() else 0 for p in (layout.pairs_txt, layout.pairs_round2_txt)]
     candidates = sum(rounds) if layout.pairs_txt.is_file() else matched
     used = used_pairs(model, layout.database) if model is not None else 0
+    n = len(features)
     return {
+        "screened": max(0, n * (n - 1) // 2 - candidates),
         "candidates": candidates,
         "second_round": rounds[1],
         "matched": matched,

@@ -13,6 +13,13 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      with the most matches in the scene. A cheap pre-test comes first (:func:`pretest_turns`: the suspect
      small, upright and turned, few keypoints, against the partners' strongest keypoints); only turns that
      beat the upright image there are extracted and matched at full settings;
+  2b. groups (:func:`turn_groups`): images turned together match each other, so none of them looks
+     suspect. Every connected component of the well-matched pairs but the largest (a group turned by 180
+     degrees), and every set of images whose matches, propagated along the strongest pairs, show the same
+     turn against the rest of their component (90 or 270 degrees), is tested like one suspect: its
+     :data:`GROUP_PROBES` best-matched members turned, against the images outside it with the most matches
+     to them (:func:`plan_groups`); a turn that wins turns every member, and each member is then also
+     matched with those partners (its pairs may all have been inside the group);
   3. the turn with the most matches wins if it has at least 1.5 times (rolled: 1.1 times) the matches of
      the upright image and at least ``rotation_min_matches``; the suspect's features are replaced by
      those of the image set upright (keypoints and ``image_size`` in the upright image's pixels, so it
@@ -54,10 +61,10 @@ from imc_ray.stages import catalog, features, matching
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v3"
+RULE_VERSION = "v4"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
-v3: the pre-test of the turns (:func:`pretest_turns`)."""
+v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -157,6 +164,141 @@ def roll_suspects(rolls: dict[tuple[str, str], float], counts: dict[tuple[str, s
     return out
 
 
+def _components(names: list[str], edges: list[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of the graph (``names``, ``edges``), largest first (ties: by first name)."""
+    parent = {n: n for n in names}
+
+    def root(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for n in names:
+        groups[root(n)].append(n)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+
+
+def _tree_turns(names: list[str], strong: list[tuple[int, str, str, int]]) -> dict[str, int]:
+    """Quarter turns of each image relative to the root of its tree, propagated along the strongest pairs
+    first (a maximum spanning forest; weighted union-find). strong: (matches, a, b, q) with turn(a) - turn(b)
+    = q quarter turns (mod 4), the convention of :func:`roll_suspects`."""
+    parent = {n: n for n in names}
+    offset = dict.fromkeys(names, 0)  # turn(x) - turn(parent[x])
+
+    def find(x: str) -> tuple[str, int]:
+        turn = 0
+        while parent[x] != x:
+            turn, x = turn + offset[x], parent[x]
+        return x, turn % 4
+
+    for _, a, b, q in sorted(strong, key=lambda e: (-e[0], e[1], e[2])):
+        (ra, oa), (rb, ob) = find(a), find(b)
+        if ra != rb:
+            parent[rb], offset[rb] = ra, (oa - ob - q) % 4
+    return {n: find(n)[1] for n in names}
+
+
+def turn_groups(
+    names: list[str], counts: dict[tuple[str, str], int], rolls: dict[tuple[str, str], float], min_matches: int
+) -> list[tuple[list[str], int | None]]:
+    """Groups of two or more images that look turned together, each with the turn (degrees, as
+    :func:`rotate_image`) that would set it upright, or None when their matches cannot tell.
+
+    1. A group turned by 180 degrees matches itself but hardly the rest: every connected component of the
+       pairs with at least ``min_matches`` matches, but the largest, is a group (turn unknown).
+    2. A group turned by 90 or 270 degrees keeps matches with the rest, and they show the turn: in each
+       component, turns are propagated along its strongest pairs whose roll is near a multiple of 90 degrees
+       (:func:`relative_roll`); images off the component's most common turn form a group per turn.
+    Single images are :func:`suspects_and_partners`' and :func:`roll_suspects`' work.
+    """
+    edges = [(a, b) for (a, b), n in counts.items() if n >= min_matches]
+    parts = _components(names, edges)
+    out: list[tuple[list[str], int | None]] = [(g, None) for g in parts[1:] if len(g) >= 2]
+    strong = []
+    for (a, b), angle in rolls.items():
+        if np.isfinite(angle) and abs(angle - 90.0 * round(angle / 90.0)) <= ROLL_TOLERANCE:
+            strong.append((counts.get((a, b), 0), a, b, round(angle / 90.0) % 4))
+    turns = _tree_turns(names, [e for e in strong if e[0] >= min_matches])
+    for part in parts:
+        common = max(range(4), key=lambda t: (sum(turns[n] == t for n in part), -t))
+        for t in (1, 2, 3):
+            off = [n for n in part if (turns[n] - common) % 4 == t]
+            if len(off) >= 2 and len(off) < len(part) / 2:
+                out.append((off, 90 * (4 - t)))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Images tested (and turned) together: one suspect, or a group of :func:`turn_groups`.
+
+    probes: the members whose turned copies are matched against ``partners`` (upright images);
+    turn: the only turn tried (their matches show it), or None: every turn that passes the pre-test."""
+
+    members: tuple[str, ...]
+    probes: tuple[str, ...]
+    partners: tuple[str, ...]
+    turn: int | None = None
+
+
+def plan_groups(
+    names: list[str],
+    counts: dict[tuple[str, str], int],
+    rolls: dict[tuple[str, str], float],
+    cfg: RunConfig,
+) -> list[Group]:
+    """What the check tests in a scene, in order: each group of :func:`turn_groups`, probed by its
+    :data:`GROUP_PROBES` members with the most matches, then each suspect image outside the groups (tested
+    after the groups are set upright: its partners may be among them)."""
+    m = cfg.matching
+    total: dict[str, int] = defaultdict(int)
+    for (a, b), n in counts.items():
+        total[a] += n
+        total[b] += n
+    plan: list[Group] = []
+    grouped: set[str] = set()
+    for members, turn in turn_groups(names, counts, rolls, m.rotation_min_matches):
+        group = sorted(members, key=lambda n: (-total[n], n))
+        probes = group[:GROUP_PROBES]
+        if partners := _group_partners(probes, set(group), names, counts, total, m.rotation_partners):
+            plan.append(Group(tuple(group), tuple(probes), tuple(partners), turn))
+            grouped.update(group)
+    rolled = roll_suspects(rolls, counts)
+    single = suspects_and_partners(
+        names, counts, m.rotation_min_matches, m.rotation_partners, m.rotation_min_ratio, also=set(rolled)
+    )
+    plan += [Group((s,), (s,), tuple(p), rolled.get(s)) for s, p in single.items() if p and s not in grouped]
+    return plan
+
+
+GROUP_PROBES = 2
+"""Members of a group whose turned copies are matched in the group's test."""
+
+
+def _group_partners(
+    probes: list[str],
+    exclude: set[str],
+    names: list[str],
+    counts: dict[tuple[str, str], int],
+    total: dict[str, int],
+    k: int,
+) -> list[str]:
+    """The ``k`` images outside the group with the most matches to its probes (the group's true neighbours
+    keep a few matches even when turned), then those with the most matches in the scene."""
+    to_probes: dict[str, int] = defaultdict(int)
+    for (a, b), n in counts.items():
+        if a in probes and b not in exclude:
+            to_probes[b] += n
+        elif b in probes and a not in exclude:
+            to_probes[a] += n
+    outside = [n for n in names if n not in exclude]
+    return sorted(outside, key=lambda n: (-to_probes[n], -total[n], n))[:k]
+
+
 def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
@@ -178,17 +320,16 @@ def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
         for (a, b), (idx, _) in matches.items()
         if a in feats and b in feats and len(idx) >= m.rotation_min_matches
     }
-    rolled = roll_suspects(rolls, counts)
-    plan = suspects_and_partners(
-        sorted(feats), counts, m.rotation_min_matches, m.rotation_partners, m.rotation_min_ratio, also=set(rolled)
-    )
+    plan = plan_groups(sorted(feats), counts, rolls, cfg)
     rotated: dict[str, int] = {}
     if plan:
         try:
-            rotated = _fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan, rolled)
+            rotated = _fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan)
         except Exception:
             logger.exception("%s: orientation check failed; mapping goes on without it", scene.root)
-    write_text_atomic(record, json.dumps({"key": key, "suspects": sorted(plan), "rotated": rotated}, indent=1))
+    suspects = sorted(g.members[0] for g in plan if len(g.members) == 1)
+    groups = [list(g.members) for g in plan if len(g.members) > 1]
+    write_text_atomic(record, json.dumps({"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}))
     return rotated
 
 
@@ -223,6 +364,66 @@ def pretest_turns(
     return [d for d in ROTATIONS if counts[d] > 0 and counts[d] >= PRETEST_FACTOR * counts[0]]
 
 
+class _Models:
+    """The models of one scene's check, loaded once: ALIKED at full settings, ALIKED for the pre-test, LightGlue."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
+        self.aliked = features.load_aliked(cfg.features, self.device)
+        small = dataclasses.replace(cfg.features, resize=PRETEST_SIZE, max_keypoints=PRETEST_KEYPOINTS)
+        self.glue = matching.load_lightglue(cfg.matching, self.device)
+        self.pretest = (features.load_aliked(small, self.device), self.glue)
+
+
+def _turned(image_dir: Path, name: str, cfg: RunConfig, models: _Models, turns: list[int]) -> dict[int, Features]:
+    """Features of photo ``name`` turned by each of ``turns`` (its mask turned with it)."""
+    small, (w, h) = catalog.load_image(image_dir / name, cfg.images, cfg.features.resize)
+    mask_file = catalog.mask_path(image_dir, name)
+    mask = None
+    if mask_file is not None:
+        mask = catalog.load_mask(mask_file, image_dir / name, (w, h), (small.shape[1], small.shape[0]))
+    out = {}
+    for deg in turns:
+        size = (h, w) if deg in (90, 270) else (w, h)
+        f = features.extract(models.aliked, [rotate_image(small, deg)], [size], models.device)[0]
+        out[deg] = f if mask is None else features.drop_masked(f, rotate_image(mask, deg))
+    return out
+
+
+def _test_group(
+    g: Group,
+    image_dir: Path,
+    cfg: RunConfig,
+    feats: dict[str, Features],
+    counts: dict[tuple[str, str], int],
+    models: _Models,
+) -> tuple[int, dict[str, Features]]:
+    """The turn that sets group ``g`` upright (0: none) and its probes' features at that turn."""
+    turns = [g.turn] if g.turn is not None else []
+    if g.turn is None:
+        tiny, (w, h) = catalog.load_image(image_dir / g.probes[0], cfg.images, PRETEST_SIZE)
+        turns = pretest_turns(tiny, (w, h), [feats[p] for p in g.partners], models.pretest, models.device)
+    if not turns:
+        return 0, {}
+    turned = {name: _turned(image_dir, name, cfg, models, turns) for name in g.probes}
+    found = {
+        deg: sum(
+            len(matching.match_pair(models.glue, turned[name][deg], feats[p], models.device)[0])
+            for name in g.probes
+            for p in g.partners
+        )
+        for deg in turns
+    }
+    best = max(turns, key=lambda d: (found[d], -d))
+    upright = sum(counts.get((min(n, p), max(n, p)), 0) for n in g.probes for p in g.partners)
+    factor = ROLL_ACCEPT_FACTOR if g.turn is not None else ACCEPT_FACTOR
+    need = max(factor * upright, cfg.matching.rotation_min_matches * len(g.probes))
+    logger.debug("turn test of %s: %s matches by turn, %d upright", g.members, found, upright)
+    if found[best] < need:
+        return 0, {}
+    return best, {name: turned[name][best] for name in g.probes}
+
+
 def _fix(
     scene_layout: SceneLayout,
     image_dir: Path,
@@ -230,50 +431,36 @@ def _fix(
     pairs: list[tuple[str, str]],
     feats: dict[str, Features],
     counts: dict[tuple[str, str], int],
-    plan: dict[str, list[str]],
-    rolled: dict[str, int],
+    plan: list[Group],
 ) -> dict[str, int]:
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
-    aliked = features.load_aliked(cfg.features, device)
-    glue = matching.load_lightglue(cfg.matching, device)
-    small_cfg = dataclasses.replace(cfg.features, resize=PRETEST_SIZE, max_keypoints=PRETEST_KEYPOINTS)
-    pretest = (features.load_aliked(small_cfg, device), glue)
+    """Test each group of ``plan``; turn the groups that a turn sets upright (features and matches written
+    as override shards, every pair of a turned image matched again, plus pairs of each turned group with its
+    partners). Returns image -> degrees of the turned images."""
+    models = _Models(cfg)
     where = dataset, scene = scene_layout.root.parent.name, scene_layout.root.name
     rotated: dict[str, int] = {}
-    new_feats: list[tuple[str, Features]] = []
-    for suspect, partners in plan.items():
+    extra: set[tuple[str, str]] = set()
+    for g in plan:
         try:
-            small, (w, h) = catalog.load_image(image_dir / suspect, cfg.images, cfg.features.resize)
-            if suspect in rolled:
-                turns = [rolled[suspect]]
-            else:
-                tiny, _ = catalog.load_image(image_dir / suspect, cfg.images, PRETEST_SIZE)
-                turns = pretest_turns(tiny, (w, h), [feats[p] for p in partners], pretest, device)
+            deg, probes = _test_group(g, image_dir, cfg, feats, counts, models)
+            if not deg:
+                continue
+            new = {n: probes[n] if n in probes else _turned(image_dir, n, cfg, models, [deg])[deg] for n in g.members}
         except catalog.ImageError:
             continue
-        best_deg, best_n, best_f = 0, 0, None
-        factor = ROLL_ACCEPT_FACTOR if suspect in rolled else ACCEPT_FACTOR
-        for deg in turns:
-            turned = rotate_image(small, deg)
-            tw, th = (h, w) if deg in (90, 270) else (w, h)
-            f = features.extract(aliked, [turned], [(tw, th)], device)[0]
-            n = sum(len(matching.match_pair(glue, f, feats[p], device)[0]) for p in partners)
-            if n > best_n:
-                best_deg, best_n, best_f = deg, n, f
-        summed_upright = sum(counts.get((min(suspect, p), max(suspect, p)), 0) for p in partners)
-        if best_f is not None and best_n >= max(factor * summed_upright, cfg.matching.rotation_min_matches):
-            rotated[suspect] = best_deg
-            new_feats.append((suspect, best_f))
-            feats[suspect] = best_f
-            found = (best_deg, best_n, summed_upright)
-            logger.info("%s/%s: %s is turned by %d degrees (%d matches against %d)", *where, suspect, *found)
+        feats.update(new)
+        rotated.update(dict.fromkeys(new, deg))
+        logger.info("%s/%s: %s turned by %d degrees", *where, ", ".join(g.members), deg)
+        if len(g.members) > 1:
+            extra.update((min(n, p), max(n, p)) for n in g.members for p in g.partners)
     if rotated:
-        write_shard(scene_layout.feature_shards / "rotated", feature_rows(dataset, scene, new_feats))
+        write_shard(
+            scene_layout.feature_shards / "rotated", feature_rows(dataset, scene, [(n, feats[n]) for n in rotated])
+        )
         items = []
-        for a, b in pairs:
-            if a in rotated or b in rotated:
-                idx, scores = matching.match_pair(glue, feats[a], feats[b], device, keys=(a, b))
-                items.append((a, b, idx, scores))
+        for a, b in sorted({p for p in pairs if p[0] in rotated or p[1] in rotated} | extra):
+            idx, scores = matching.match_pair(models.glue, feats[a], feats[b], models.device, keys=(a, b))
+            items.append((a, b, idx, scores))
         write_shard(scene_layout.match_shards / "rotated", match_rows(dataset, scene, items))
         features.consolidate(scene_layout)
     return rotated

@@ -1,24 +1,32 @@
 """Stage 4: choose which image pairs of a scene to match.
 
-Rule (:func:`select_pairs`):
-  * fewer than ``retrieval.exhaustive_below`` images: every pair (``"exhaustive"``);
-  * otherwise, with DINOv2 descriptors: the ``num_neighbors`` nearest neighbours of every image by
-    cosine similarity (``"dinov2-knn"``);
-  * otherwise (no DINOv2 weights), weights-free: nearest neighbours by the mean of each image's
-    L2-normalised ALIKED descriptors, plus the next ``sequential_window`` images in name order
-    (photo collections are often shot in sequence) (``"aliked-mean-knn+sequential"``).
-The pair count is O(N k) in both non-exhaustive cases. Pairs are unordered, sorted, ``name0 < name1``.
+Rule (:func:`select_pairs`, by ``retrieval.pairing``):
+  * ``auto``, fewer than ``retrieval.exhaustive_below`` images, or ``exhaustive``: every pair (``"exhaustive"``);
+  * ``auto`` with DINOv2 descriptors: the ``num_neighbors`` nearest neighbours of every image by cosine
+    similarity (``"dinov2-knn"``);
+  * ``auto`` without DINOv2 weights: nearest neighbours by the mean of each image's L2-normalised ALIKED
+    descriptors, plus the next ``sequential_window`` images in natural name order (photo collections are
+    often shot in sequence) (``"aliked-mean-knn+sequential"``);
+  * ``sequential`` (video frames): the next ``sequential_window`` frames in natural name order, plus loop
+    closure by the ``num_neighbors`` nearest neighbours (DINOv2, else the weights-free descriptor)
+    (``"sequential+dinov2-knn"``, ``"sequential+aliked-mean-knn"``);
+  * ``retrieval.pairs_file``: the user's own pairs (:func:`user_pairs`; ``"file"``).
+The pair count is O(N k) in the non-exhaustive cases. Pairs are unordered, sorted, ``name0 < name1``.
 
 Second round (:func:`second_round`, run by :func:`round_two` once the first round is matched, before the
-orientation check and mapping): in scenes matched by nearest neighbours, every image with fewer than
-``retrieval.second_round_min_pairs`` pairs of at least ``retrieval.strong_matches`` LightGlue matches is
-matched with its next ``num_neighbors`` most similar images. Its pairs go to ``pairs-round2.txt``.
+orientation check and mapping): in scenes matched by nearest neighbours (:func:`needs_retrieval`), every
+image with fewer than ``retrieval.second_round_min_pairs`` pairs of at least ``retrieval.strong_matches``
+LightGlue matches is matched with its next ``num_neighbors`` most similar images. Its pairs go to
+``pairs-round2.txt``.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -68,9 +76,14 @@ def knn_pairs(names: list[str], descriptors: np.ndarray, k: int) -> list[Pair]:
     return sorted({_ordered(names[i], names[int(j)]) for i in range(n) for j in nearest[i]})
 
 
+def natural_key(name: str) -> list[tuple[int, str]]:
+    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
+
+
 def sequential_pairs(names: list[str], window: int) -> list[Pair]:
-    """Each image with the next ``window`` images in sorted name order."""
-    order = sorted(names)
+    """Each image with the next ``window`` images in natural name order (:func:`natural_key`)."""
+    order = sorted(names, key=natural_key)
     return sorted(
         {_ordered(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, min(len(order), i + 1 + window))}
     )
@@ -123,37 +136,86 @@ def second_round(
     return sorted(new)
 
 
-def select_pairs(
-    names: list[str],
-    cfg: RetrievalConfig,
-    global_descriptors: np.ndarray | None,
-    fallback_descriptors: np.ndarray | None,
-) -> tuple[list[Pair], str]:
-    """Pairs of one scene and the name of the method that chose them.
+def needs_retrieval(num_images: int, cfg: RetrievalConfig) -> bool:
+    """Whether a scene of ``num_images`` images is paired by nearest neighbours (global descriptors)."""
+    if cfg.pairs_file or cfg.pairing == "exhaustive":
+        return False
+    return cfg.pairing == "sequential" or num_images >= cfg.exhaustive_below
 
-    global_descriptors: (N, G) DINOv2 descriptors in ``names`` order, or None.
-    fallback_descriptors: (N, D) weights-free descriptors (see :func:`mean_local_descriptor`), or None.
+
+def select_pairs(
+    names: list[str], cfg: RetrievalConfig, descriptors: np.ndarray | None, dinov2: bool
+) -> tuple[list[Pair], str]:
+    """Pairs of one scene (not from a pairs file) and the name of the method that chose them.
+
+    descriptors: (N, D) L2-normalised global descriptors in ``names`` order: DINOv2's (``dinov2``) or the
+    weights-free ones (:func:`fallback_descriptors`); needed when :func:`needs_retrieval`.
     """
-    if len(names) < cfg.exhaustive_below:
+    if not needs_retrieval(len(names), cfg):
         return exhaustive_pairs(names), "exhaustive"
-    if global_descriptors is not None:
-        return knn_pairs(names, global_descriptors, cfg.num_neighbors), "dinov2-knn"
-    if fallback_descriptors is None:
-        raise ValueError("select_pairs needs DINOv2 or fallback descriptors above retrieval.exhaustive_below")
-    knn = knn_pairs(names, fallback_descriptors, cfg.num_neighbors)
-    seq = sequential_pairs(names, cfg.sequential_window)
-    return sorted(set(knn) | set(seq)), "aliked-mean-knn+sequential"
+    if descriptors is None:
+        raise ValueError("select_pairs needs global descriptors to pair by nearest neighbours")
+    knn = knn_pairs(names, descriptors, cfg.num_neighbors)
+    source = "dinov2-knn" if dinov2 else "aliked-mean-knn"
+    if cfg.pairing == "sequential":
+        return sorted(set(knn) | set(sequential_pairs(names, cfg.sequential_window))), f"sequential+{source}"
+    if dinov2:
+        return knn, source
+    return sorted(set(knn) | set(sequential_pairs(names, cfg.sequential_window))), f"{source}+sequential"
+
+
+class PairsFileError(ValueError):
+    """A user's pairs file (``retrieval.pairs_file``) is missing or names images the scene does not have."""
+
+
+def pairs_file_of(scene_folder: Path, value: str, num_scenes: int) -> Path:
+    """Where ``retrieval.pairs_file`` = ``value`` is for the scene in ``scene_folder`` (see the setting)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() and num_scenes > 1:
+        raise PairsFileError(
+            f"retrieval.pairs_file={value} is one file for {num_scenes} scenes; give a relative path that "
+            "each scene folder holds (beside images/), or run one scene"
+        )
+    return path if path.is_absolute() else scene_folder / path
+
+
+def user_pairs(path: Path, names: Iterable[str], unusable: Iterable[str] = ()) -> list[Pair]:
+    """The pairs of a user's hloc pairs file, checked against the scene's image ``names``.
+
+    Pairs with an ``unusable`` image (listed by the catalog) are left out; repeats, either order, count
+    once; a pair of an image with itself is an error. Raises :class:`PairsFileError` naming the file."""
+    known, skip = set(names), set(unusable)
+    if not path.is_file():
+        raise PairsFileError(f"{path}: pairs file not found (retrieval.pairs_file); create it or unset the setting")
+    try:
+        listed = read_pairs(path, known | skip)
+    except (ValueError, OSError) as exc:
+        raise PairsFileError(f"{exc}; write one pair per line: name0 name1") from None
+    for n, (a, b) in enumerate(listed, 1):
+        if unknown := [x for x in (a, b) if x not in known | skip]:
+            raise PairsFileError(
+                f"{path}: pair {n} ({a} {b}) names {unknown[0]!r}, which is not an image of this scene; "
+                "names are paths below images/, as in submission.csv"
+            )
+        if a == b:
+            raise PairsFileError(f"{path}: pair {n} pairs {a!r} with itself; remove that line")
+    return sorted({_ordered(a, b) for a, b in listed if a not in skip and b not in skip})
 
 
 def run(
-    scene: SceneLayout, cfg: RetrievalConfig, use_dinov2: bool, images: set[str] | None = None
+    scene: SceneLayout,
+    cfg: RetrievalConfig,
+    use_dinov2: bool,
+    images: set[str] | None = None,
+    given: list[Pair] | None = None,
 ) -> tuple[list[Pair], str]:
     """Files in, files out for one scene: merge its feature shards into ``features.h5`` (and DINOv2
     shards into ``global.h5``), choose its pairs and write ``pairs.txt``.
 
     use_dinov2: whether DINOv2 descriptors were computed; images: the scene's
     images in this run (images of earlier runs since removed from INPUT are left out); None: every image
-    with features.
+    with features. given: the pairs of the user's pairs file (:func:`user_pairs`), used as they are (pairs
+    with an image without features are left out).
     Returns the pairs and the name of the method that chose them.
     """
     feats = features.consolidate(scene, images)
@@ -162,18 +224,22 @@ def run(
     if use_dinov2:
         glob = globals_from_table(read_shards(scene.global_shards, GLOBAL_SHARD_SCHEMA))
         write_global_h5(scene.global_h5, {n: glob[n] for n in names if n in glob})
-    global_desc = np.stack([glob[n] for n in names]) if names and set(names) <= set(glob) else None
-    fallback = None
-    if global_desc is None and len(names) >= cfg.exhaustive_below:
-        fallback = fallback_descriptors(feats, names)
-    pairs, method = select_pairs(names, cfg, global_desc, fallback)
+    if given is not None:
+        pairs, method = [(a, b) for a, b in given if a in feats and b in feats], "file"
+    else:
+        dinov2 = bool(names) and set(names) <= set(glob)
+        desc = None
+        if needs_retrieval(len(names), cfg):
+            desc = np.stack([glob[n] for n in names]) if dinov2 else fallback_descriptors(feats, names)
+        pairs, method = select_pairs(names, cfg, desc, dinov2)
     write_pairs(scene.pairs_txt, pairs)
+    scene.pairs_round2_txt.unlink(missing_ok=True)  # an earlier run's: :func:`round_two` writes this run's
     return pairs, method
 
 
 def has_second_round(num_images: int, cfg: RetrievalConfig) -> bool:
     """Whether a scene of ``num_images`` images gets the second round (it is matched by nearest neighbours)."""
-    return num_images >= cfg.exhaustive_below and cfg.second_round_min_pairs > 0
+    return needs_retrieval(num_images, cfg) and cfg.second_round_min_pairs > 0
 
 
 def fallback_descriptors(feats: dict[str, Features], names: list[str]) -> np.ndarray:
