@@ -169,3 +169,9 @@ def test_retrieval_screens_out_unrelated_pairs_and_keeps_overlapping_ones() -> N
     assert set(exhaustive_pairs(sorted(fox_names))) <= set(chosen)  # no overlapping pair is screened out
     assert not [(a, b) for a, b in chosen if (a in fox_names) != (b in fox_names)]  # every unrelated one is
     assert len(chosen) < len(exhaustive_pairs(names))
+    # the same photos as video frames: the window, plus each frame's nearest neighbour by real descriptors
+    frames = sorted(fox_names)
+    seq_cfg = RetrievalConfig(pairing="sequential", sequential_window=2, num_neighbors=1)
+    seq, method = select_pairs(frames, seq_cfg, fallback_descriptors(feats, frames), dinov2=False)
+    assert method == "sequential+aliked-mean-knn"
+    assert set(sequential_pairs(frames, 2)) <= set(seq) <= set(exhaustive_pairs(frames))

@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from imc_ray.formats import (
     Features,
     SceneLayout,
     atomic_path,
-    done_keys,
     matches_from_table,
     read_features_h5,
     read_pairs,
@@ -35,7 +34,7 @@ from imc_ray.formats import (
     write_matches_h5,
     write_text_atomic,
 )
-from imc_ray.stages import cameras, geo
+from imc_ray.stages import cameras, geo, pairs
 
 logger = logging.getLogger(__name__)
 
@@ -528,7 +527,7 @@ def run(
         features = read_features_h5(layout.features_h5)
         matches = matches_from_table(read_shards(layout.match_shards, MATCH_SHARD_SCHEMA))
         matches = {(a, b): m for (a, b), m in matches.items() if a in features and b in features}  # images now
-        if (chosen := chosen_pairs(layout, features)) is not None:
+        if (chosen := pairs.chosen_pairs(layout, features)) is not None:
             matches = {pair: m for pair, m in matches.items() if pair in chosen}
         sizes = {n: f.image_size for n, f in features.items()}
         fix = cfg.known_intrinsics == "fixed"
@@ -577,20 +576,6 @@ def used_pairs(rec: pycolmap.Reconstruction, db_path: Path) -> int:
         tuple(sorted(pycolmap.pair_id_to_image_pair(pid))) for pid, n in zip(pair_ids, inliers, strict=True) if n
     }
     return len(shared & verified)
-
-
-def chosen_pairs(layout: SceneLayout, names: Iterable[str]) -> set[tuple[str, str]] | None:
-    """The pairs this run chose for the scene (``pairs.txt``, ``pairs-round2.txt`` and the pairs the
-    orientation stage matched, ``stages/orientation.py``): matches of other
-    pairs, left in the shards by earlier runs with other pair settings, are not mapped. None without
-    ``pairs.txt`` (matches made elsewhere: every match is used)."""
-    if not layout.pairs_txt.is_file():
-        return None
-    known = list(names)
-    chosen = {p for f in (layout.pairs_txt, layout.pairs_round2_txt) if f.is_file() for p in read_pairs(f, known)}
-    if layout.keys is not None:  # pairs the orientation stage added for a turned group
-        chosen |= {(a, b) for a, b in done_keys(layout.match_shards / "rotated", ("name0", "name1"))}
-    return chosen
 
 
 def pair_accounting(

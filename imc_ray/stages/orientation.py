@@ -34,6 +34,8 @@ decision; a rerun with the same key reuses it.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import shutil
@@ -57,7 +59,7 @@ from imc_ray.formats import (
     write_shard,
     write_text_atomic,
 )
-from imc_ray.stages import catalog, features, matching
+from imc_ray.stages import catalog, features, matching, pairs
 
 logger = logging.getLogger(__name__)
 
@@ -305,16 +307,21 @@ def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
     record = scene.orientation_json
     m = cfg.matching
     assert scene.keys is not None
-    key = f"{RULE_VERSION}-{scene.keys.matches}-{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
+    chosen_files = [f.read_bytes() for f in (scene.pairs_txt, scene.pairs_round2_txt) if f.is_file()]
+    digest = hashlib.sha1(b"\0".join(chosen_files)).hexdigest()[:12]  # the decision depends on the pairs
+    settings = f"{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
+    key = f"{RULE_VERSION}-{scene.keys.matches}-{digest}-{settings}"
     if record.exists():
         saved = json.loads(record.read_text())
         if saved.get("key") == key:
             return {k: int(v) for k, v in saved["rotated"].items()}
     for kind in ("features", "matches"):  # overrides of another orientation decision never survive
         shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
-    matches = matches_from_table(read_shards(scene.match_shards, MATCH_SHARD_SCHEMA))
-    counts = {pair: len(idx) for pair, (idx, _) in matches.items()}
     feats = read_features_h5(scene.features_h5)
+    chosen = pairs.chosen_pairs(scene, feats)  # this run's pairs, not those of earlier pair settings
+    matches = matches_from_table(read_shards(scene.match_shards, MATCH_SHARD_SCHEMA))
+    matches = {pair: v for pair, v in matches.items() if chosen is None or pair in chosen}
+    counts = {pair: len(idx) for pair, (idx, _) in matches.items()}
     rolls = {
         (a, b): relative_roll(feats[a].keypoints, feats[b].keypoints, idx)
         for (a, b), (idx, _) in matches.items()
@@ -365,14 +372,19 @@ def pretest_turns(
 
 
 class _Models:
-    """The models of one scene's check, loaded once: ALIKED at full settings, ALIKED for the pre-test, LightGlue."""
+    """The models of one scene's check, loaded once: ALIKED at full settings and LightGlue; the pre-test's
+    small ALIKED only when a group needs the pre-test (one whose turn its matches do not show)."""
 
     def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
         self.aliked = features.load_aliked(cfg.features, self.device)
-        small = dataclasses.replace(cfg.features, resize=PRETEST_SIZE, max_keypoints=PRETEST_KEYPOINTS)
         self.glue = matching.load_lightglue(cfg.matching, self.device)
-        self.pretest = (features.load_aliked(small, self.device), self.glue)
+
+    @functools.cached_property
+    def pretest(self) -> tuple[Any, Any]:
+        small = dataclasses.replace(self.cfg.features, resize=PRETEST_SIZE, max_keypoints=PRETEST_KEYPOINTS)
+        return features.load_aliked(small, self.device), self.glue
 
 
 def _turned(image_dir: Path, name: str, cfg: RunConfig, models: _Models, turns: list[int]) -> dict[int, Features]:

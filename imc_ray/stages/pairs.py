@@ -36,6 +36,7 @@ from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
     Features,
     SceneLayout,
+    done_keys,
     feature_names_h5,
     globals_from_table,
     matches_from_table,
@@ -235,6 +236,20 @@ def run(
     write_pairs(scene.pairs_txt, pairs)
     scene.pairs_round2_txt.unlink(missing_ok=True)  # an earlier run's: :func:`round_two` writes this run's
     return pairs, method
+
+
+def chosen_pairs(layout: SceneLayout, names: Iterable[str]) -> set[Pair] | None:
+    """The pairs this run chose for the scene (``pairs.txt``, ``pairs-round2.txt`` and the pairs the
+    orientation stage matched, ``stages/orientation.py``): matches of other
+    pairs, left in the shards by earlier runs with other pair settings, are not mapped. None without
+    ``pairs.txt`` (matches made elsewhere: every match is used)."""
+    if not layout.pairs_txt.is_file():
+        return None
+    known = list(names)
+    chosen = {p for f in (layout.pairs_txt, layout.pairs_round2_txt) if f.is_file() for p in read_pairs(f, known)}
+    if layout.keys is not None:  # pairs the orientation stage added for a turned group
+        chosen |= {(a, b) for a, b in done_keys(layout.match_shards / "rotated", ("name0", "name1"))}
+    return chosen
 
 
 def has_second_round(num_images: int, cfg: RetrievalConfig) -> bool:
