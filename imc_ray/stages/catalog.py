@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from imc_ray.config import ImagesConfig
 from imc_ray.formats import OUTPUT_MARKER, image_key
@@ -426,15 +426,6 @@ def load_image(path: str | Path, cfg: ImagesConfig, long_side: int) -> tuple[np.
     return resize_long_side(image, long_side), (image.shape[1], image.shape[0])
 
 
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TURNS = {
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
 def load_mask(path: str | Path, photo: str | Path, size: tuple[int, int], work: tuple[int, int]) -> np.ndarray:
     """A scene mask (module docstring) at the working size.
 
@@ -452,10 +443,10 @@ def load_mask(path: str | Path, photo: str | Path, size: tuple[int, int], work: 
         raise ImageError(
             f"{path}: not a readable mask ({exc}); a mask is a PNG, zero where keypoints are dropped"
         ) from None
-    if mask.size != size and mask.size == (size[1], size[0]):
+    if mask.size != size and mask.size == (size[1], size[0]):  # the stored photo's pixels: turn as EXIF says
         with Image.open(photo) as im:
-            turn = _EXIF_TURNS.get(int(im.getexif().get(_EXIF_ORIENTATION, 1)))
-        mask = mask.transpose(turn) if turn is not None else mask
+            mask.getexif()[ExifTags.Base.Orientation] = im.getexif().get(ExifTags.Base.Orientation, 1)
+        mask = ImageOps.exif_transpose(mask)
     if mask.size != size:
         raise ImageError(
             f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its photo {photo} is {size[0]}x{size[1]}; "

@@ -184,10 +184,11 @@ def _components(names: list[str], edges: list[tuple[str, str]]) -> list[list[str
     return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
 
 
-def _tree_turns(names: list[str], strong: list[tuple[int, str, str, int]]) -> dict[str, int]:
-    """Quarter turns of each image relative to the root of its tree, propagated along the strongest pairs
-    first (a maximum spanning forest; weighted union-find). strong: (matches, a, b, q) with turn(a) - turn(b)
-    = q quarter turns (mod 4), the convention of :func:`roll_suspects`."""
+def _tree_turns(names: list[str], strong: list[tuple[int, str, str, int]]) -> dict[str, tuple[str, int]]:
+    """The root of each image's tree and its quarter turns relative to that root, propagated along the
+    strongest pairs first (a maximum spanning forest; weighted union-find). strong: (matches, a, b, q) with
+    turn(a) - turn(b) = q quarter turns (mod 4), the convention of :func:`roll_suspects`. Turns compare only
+    within one tree."""
     parent = {n: n for n in names}
     offset = dict.fromkeys(names, 0)  # turn(x) - turn(parent[x])
 
@@ -201,7 +202,7 @@ def _tree_turns(names: list[str], strong: list[tuple[int, str, str, int]]) -> di
         (ra, oa), (rb, ob) = find(a), find(b)
         if ra != rb:
             parent[rb], offset[rb] = ra, (oa - ob - q) % 4
-    return {n: find(n)[1] for n in names}
+    return {n: find(n) for n in names}
 
 
 def turn_groups(
@@ -224,12 +225,14 @@ def turn_groups(
     for (a, b), angle in rolls.items():
         if np.isfinite(angle) and abs(angle - 90.0 * round(angle / 90.0)) <= ROLL_TOLERANCE:
             strong.append((counts.get((a, b), 0), a, b, round(angle / 90.0) % 4))
-    turns = _tree_turns(names, [e for e in strong if e[0] >= min_matches])
-    for part in parts:
-        common = max(range(4), key=lambda t: (sum(turns[n] == t for n in part), -t))
+    trees: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for name, (root, turn) in _tree_turns(names, [e for e in strong if e[0] >= min_matches]).items():
+        trees[root].append((name, turn))
+    for tree in sorted(trees.values()):
+        common = max(range(4), key=lambda t: (sum(turn == t for _, turn in tree), -t))
         for t in (1, 2, 3):
-            off = [n for n in part if (turns[n] - common) % 4 == t]
-            if len(off) >= 2 and len(off) < len(part) / 2:
+            off = [n for n, turn in tree if (turn - common) % 4 == t]
+            if len(off) >= 2 and len(off) < len(tree) / 2:
                 out.append((off, 90 * (4 - t)))
     return out
 
