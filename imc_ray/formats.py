@@ -18,7 +18,7 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         shards/features-<key>/*.parquet  Arrow shards written by the ALIKED actors (one writer each)
         shards/matches-<key>/*.parquet   Arrow shards written by the LightGlue actors (one writer each)
         database.db                COLMAP database (keypoints, matches, two-view geometries)
-        sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...)
+        sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...; see ``joined``)
         scene.json                 mapping summary of the scene
         orientation.json           the orientation check's decision: key, suspects, groups, rotated (image -> degrees)
 
@@ -49,6 +49,11 @@ per COLMAP camera: ``first_image``, ``images`` (count), ``size`` [w, h], ``sourc
 ``scene.json`` → ``geo`` (GPS, ``stages/geo.py``): ``fixes`` (photos with an EXIF GPS fix) and, when the
 largest model was geo-registered, ``frame`` (``"ENU"``: east-north-up metres), ``origin`` [lat, lon, alt] of
 the frame (the first fix in name order, WGS84), ``images`` (fixes used), ``rms_m`` and ``scale``.
+
+``scene.json`` → ``joined`` (``stages/join.py``): one entry per model moved into a larger model's frame:
+``source`` and ``target`` (indices k of ``sparse/<k>``), ``correspondences`` and ``inliers`` (3D-3D) and
+``scale``. ``model_sizes`` are the mapper's; ``poses`` (and ``submission.csv``) hold the largest model and
+the models joined to it (in clusters mode, a joined model's images are in its target's cluster).
 
 Inputs beside a scene's ``images/``: ``masks/<image name>.png`` (COLMAP's masks: zero drops keypoints;
 ``stages/catalog.py``) and, with ``retrieval.pairs_file``, the user's pairs file (hloc's format above).

@@ -160,8 +160,9 @@ def read_report(path: Path) -> RunReport:
 
 
 def summary_table(rep: RunReport) -> str:
-    """One line per scene (images, registered, pairs, verified pairs, pairs the model uses, models, cameras, pair
-    method) and stage times; below, where the pairs went and each scene's camera decision."""
+    """One line per scene (images, registered, pairs, verified pairs, pairs the model uses, models ("+n": a
+    model joined to a larger one), cameras, pair method) and stage times; below, where the pairs went and
+    each scene's camera decision."""
     head = (
         f"{'scene':<32} {'images':>6} {'reg':>5} {'pairs':>6} {'verif':>6} {'used':>6} {'models':>6} {'cams':>4}"
         "  pairs by"
@@ -169,7 +170,9 @@ def summary_table(rep: RunReport) -> str:
     lines = [head, "-" * len(head)]
     for key, s in rep.scenes.items():
         r = s.result
-        models = ",".join(map(str, r.model_sizes)) if r and r.model_sizes else "-"
+        joined = {j["source"] for j in r.joined} if r else set()
+        models = ",".join(f"+{n}" if k in joined else str(n) for k, n in enumerate(r.model_sizes)) if r else ""
+        models = models or "-"
         note = s.pairs_method + (f"  ERROR {s.error}" if s.error else "")
         note += f"  ({s.reason})" if s.reason else ""
         pairs, verified = (r.num_pairs, r.num_verified_pairs) if r else (0, 0)

@@ -34,7 +34,7 @@ from imc_ray.formats import (
     write_matches_h5,
     write_text_atomic,
 )
-from imc_ray.stages import cameras, geo, pairs
+from imc_ray.stages import cameras, geo, join, pairs
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ class SceneResult:
     """What the principal-point refinement did to the largest model (see :func:`refine_principal_point`)."""
     cameras: dict[str, Any] = field(default_factory=dict)
     """How many cameras the scene was mapped with, and why (``stages/cameras.py: describe``)."""
+    joined: list[dict[str, Any]] = field(default_factory=list)
+    """Models moved into a larger model's frame (``stages/join.py``: :class:`join.Join` as a dict: ``source``,
+    ``target``, ``correspondences``, ``inliers``, ``scale``); a joined model's images count as registered in
+    its target (in clusters mode: its cluster)."""
     geo: dict[str, Any] = field(default_factory=dict)
     """GPS (``stages/geo.py``): ``fixes`` (photos with one), and when the largest model was geo-registered
     ``frame`` ("ENU"), ``origin`` [lat, lon, alt] and its fit (``images``, ``rms_m``, ``scale``)."""
@@ -545,6 +549,7 @@ def run(
             SceneData(layout, scene.image_dir, features, matches, priors), groups, cfg, min_matches, result
         )
         result.geo = geo.register_models(models, positions, origin)
+        result.joined = [asdict(j) for j in join.join_models(models, layout.database, cfg.seed)]
         t0 = time.perf_counter()
         write_models(models, layout.sparse)
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
@@ -607,16 +612,18 @@ def _fill_poses(
 ) -> None:
     """The result's model sizes, poses (turned back for rotated photos), clusters and note."""
     result.model_sizes = [m.num_reg_images() for m in models]
+    target = {j["source"]: j["target"] for j in result.joined}
     if cfg.clusters:
         result.clusters = {}
-        for k in reversed(range(len(models))):  # largest model last: it wins shared images
+        for k in reversed(range(len(models))):  # larger models last: they win shared images
             model_poses = poses_of(models[k])
             result.poses.update(model_poses)
-            result.clusters.update(dict.fromkeys(model_poses, k))
+            result.clusters.update(dict.fromkeys(model_poses, target.get(k, k)))
         if not models:
             result.note = "no cluster: every image is an outlier"
     elif models:
-        result.poses = poses_of(models[0])
+        for k in reversed([0, *(s for s, t in target.items() if t == 0)]):
+            result.poses.update(poses_of(models[k]))
     elif num_readable < 2:
         result.note = f"{num_readable} readable image(s): nothing to reconstruct"
     elif result.num_verified_pairs:
