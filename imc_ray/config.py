@@ -149,7 +149,8 @@ class MappingConfig:
     (``stages/mapping.py: refine_principal_point``)."""
     retry_below: float = 0.9
     """Map again with relaxed initialisation when the largest model registers fewer than this share
-    of the scene's readable images (0 disables); the attempt that registers more is kept."""
+    of the scene's readable images (0 disables); the attempt that registers more is kept. Never in clusters
+    mode: a pile's largest model is one of its scenes, and the relaxed thresholds glue scenes together."""
     num_threads: int = -1
     """-1 uses the CPUs Ray granted the mapping task."""
     clusters: bool = False

@@ -56,6 +56,8 @@ def test_pile_is_split_into_scenes(ray_local: None, pile: tuple[Path, Path], tmp
     rep = pipeline.run(input_root, out, build_config("fast", ["mapping.clusters=true"])).to_json()
     scene = rep["scenes"]["pile/mix"]
     assert len(scene["model_sizes"]) >= 2
+    # no relaxed second attempt in clusters mode: its thresholds glued a larger fox + lego pile into one model
+    assert list(scene["attempts"]) == ["default"] and scene["joined"] == []
     with open(out / "submission.csv") as f:
         labels = {r["image"]: r["scene"] for r in csv.DictReader(f)}
     assert {labels[f"outlier{i}.jpg"] for i in range(2)} == {"outliers"}

@@ -306,8 +306,9 @@ def map_database(
     retry: bool = True,
     priors: bool = False,
 ) -> tuple[list[pycolmap.Reconstruction], dict[str, int]]:
-    """Mapping (``cfg.mapper``: incremental or global), then (with ``retry``) a relaxed incremental second
-    attempt when the largest model registers fewer than ``cfg.retry_below * num_images`` images.
+    """Mapping (``cfg.mapper``: incremental or global), then (with ``retry``, not in clusters mode) a relaxed
+    incremental second attempt when the largest model registers fewer than ``cfg.retry_below * num_images``
+    images.
 
     Returns the models of the better attempt (largest first) and the images registered in the largest
     model of each attempt. priors: the database holds position priors for the incremental mapper."""
@@ -317,7 +318,7 @@ def map_database(
     else:
         models = incremental(db_path, image_dir, out_dir, cfg, fixed, priors=priors)
     attempts = {"default": models[0].num_reg_images() if models else 0}
-    if retry and cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
+    if retry and not cfg.clusters and cfg.retry_below > 0 and attempts["default"] < cfg.retry_below * num_images:
         again = incremental(db_path, image_dir, out_dir, cfg, fixed, relaxed=True, priors=priors)
         attempts["relaxed"] = again[0].num_reg_images() if again else 0
         if attempts["relaxed"] > attempts["default"]:

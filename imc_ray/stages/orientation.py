@@ -63,10 +63,11 @@ from imc_ray.stages import catalog, features, matching, pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v4"
+RULE_VERSION = "v5"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
-v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`)."""
+v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
+v5: a component of well-matched pairs is split by the turns its pairs show."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -212,21 +213,26 @@ def turn_groups(
     :func:`rotate_image`) that would set it upright, or None when their matches cannot tell.
 
     1. A group turned by 180 degrees matches itself but hardly the rest: every connected component of the
-       pairs with at least ``min_matches`` matches, but the largest, is a group (turn unknown).
+       pairs with at least ``min_matches`` matches, but the largest, is a group (turn unknown); split by the
+       turns its pairs show (images turned by different angles can match each other too).
     2. A group turned by 90 or 270 degrees keeps matches with the rest, and they show the turn: in each
        component, turns are propagated along its strongest pairs whose roll is near a multiple of 90 degrees
        (:func:`relative_roll`); images off the component's most common turn form a group per turn.
     Single images are :func:`suspects_and_partners`' and :func:`roll_suspects`' work.
     """
-    edges = [(a, b) for (a, b), n in counts.items() if n >= min_matches]
-    parts = _components(names, edges)
-    out: list[tuple[list[str], int | None]] = [(g, None) for g in parts[1:] if len(g) >= 2]
     strong = []
     for (a, b), angle in rolls.items():
         if np.isfinite(angle) and abs(angle - 90.0 * round(angle / 90.0)) <= ROLL_TOLERANCE:
             strong.append((counts.get((a, b), 0), a, b, round(angle / 90.0) % 4))
+    turns = _tree_turns(names, [e for e in strong if e[0] >= min_matches])
+    out: list[tuple[list[str], int | None]] = []
+    for part in _components(names, [(a, b) for (a, b), n in counts.items() if n >= min_matches])[1:]:
+        same_turn: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for name in part:
+            same_turn[turns[name]].append(name)
+        out.extend((g, None) for g in same_turn.values() if len(g) >= 2)
     trees: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for name, (root, turn) in _tree_turns(names, [e for e in strong if e[0] >= min_matches]).items():
+    for name, (root, turn) in turns.items():
         trees[root].append((name, turn))
     for tree in sorted(trees.values()):
         common = max(range(4), key=lambda t: (sum(turn == t for _, turn in tree), -t))
@@ -272,10 +278,17 @@ def plan_groups(
         if partners := _group_partners(probes, set(group), names, counts, total, m.rotation_partners):
             plan.append(Group(tuple(group), tuple(probes), tuple(partners), turn))
             grouped.update(group)
-    rolled = roll_suspects(rolls, counts)
     single = suspects_and_partners(
-        names, counts, m.rotation_min_matches, m.rotation_partners, m.rotation_min_ratio, also=set(rolled)
+        names,
+        counts,
+        m.rotation_min_matches,
+        m.rotation_partners,
+        m.rotation_min_ratio,
+        also=set(roll_suspects(rolls, counts)),
     )
+    # a suspect's turn is read from its pairs with images that are not suspects: two photos turned by
+    # different angles match each other, and their roll is the difference of the turns
+    rolled = roll_suspects({pair: a for pair, a in rolls.items() if not set(pair) <= single.keys()}, counts)
     plan += [Group((s,), (s,), tuple(p), rolled.get(s)) for s, p in single.items() if p and s not in grouped]
     return plan
 
