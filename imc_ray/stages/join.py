@@ -42,13 +42,13 @@ class Join:
     scale: float
 
 
-def _registered(rec: pycolmap.Reconstruction) -> dict[int, pycolmap.Image]:
-    return {i: im for i, im in rec.images.items() if im.has_pose}
-
-
-def _point(image: pycolmap.Image, rec: pycolmap.Reconstruction, index: int) -> np.ndarray | None:
-    p2d = image.points2D[index]
-    return rec.points3D[p2d.point3D_id].xyz if p2d.has_point3D() else None
+def _point_ids(rec: pycolmap.Reconstruction) -> dict[int, np.ndarray]:
+    """Registered image id -> the 3D point id of each of its keypoints (N,) int64, -1 where none."""
+    return {
+        i: np.array([p.point3D_id if p.has_point3D() else -1 for p in im.points2D], np.int64)
+        for i, im in rec.images.items()
+        if im.has_pose
+    }
 
 
 def read_inliers(db_path: Path) -> dict[tuple[int, int], np.ndarray]:
@@ -68,27 +68,19 @@ def correspondences(
     """3D-3D correspondences (target points (M, 3), source points (M, 3)): through the inlier matches of
     verified pairs with one image registered in each model, and through the keypoints of images registered
     in both. Each pair of 3D points counts once."""
-    in_t, in_s = _registered(target), _registered(source)
-    found: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-    def add(im_t: pycolmap.Image, k_t: int, im_s: pycolmap.Image, k_s: int) -> None:
-        xt, xs = _point(im_t, target, k_t), _point(im_s, source, k_s)
-        if xt is not None and xs is not None:
-            key = (im_t.points2D[k_t].point3D_id, im_s.points2D[k_s].point3D_id)
-            found.setdefault(key, (xt, xs))
-
+    in_t, in_s = _point_ids(target), _point_ids(source)
+    links = [np.zeros((0, 2), np.int64)]
     for (i1, i2), matches in inliers.items():
-        for a, b, cols in ((i1, i2, (0, 1)), (i2, i1, (1, 0))):
+        for a, b, (ca, cb) in ((i1, i2, (0, 1)), (i2, i1, (1, 0))):
             if a in in_t and b in in_s:
-                for row in matches:
-                    add(in_t[a], int(row[cols[0]]), in_s[b], int(row[cols[1]]))
+                links.append(np.stack([in_t[a][matches[:, ca]], in_s[b][matches[:, cb]]], axis=1))
     for image_id in in_t.keys() & in_s.keys():
-        for k in range(len(in_t[image_id].points2D)):
-            add(in_t[image_id], k, in_s[image_id], k)
-    if not found:
-        return np.zeros((0, 3)), np.zeros((0, 3))
-    xt, xs = zip(*found.values(), strict=True)
-    return np.asarray(xt, np.float64), np.asarray(xs, np.float64)
+        links.append(np.stack([in_t[image_id], in_s[image_id]], axis=1))
+    ids = np.unique(np.concatenate(links), axis=0)
+    ids = ids[(ids >= 0).all(axis=1)]
+    xt = np.array([target.points3D[int(i)].xyz for i in ids[:, 0]], np.float64).reshape(-1, 3)
+    xs = np.array([source.points3D[int(i)].xyz for i in ids[:, 1]], np.float64).reshape(-1, 3)
+    return xt, xs
 
 
 def fit_similarity(xt: np.ndarray, xs: np.ndarray, seed: int) -> tuple[pycolmap.Sim3d, int] | None:
