@@ -1,7 +1,7 @@
 """Several nodes: a head and two worker nodes of ``ray.cluster_utils.Cluster`` (real raylets on this
 machine). The model actors need a custom GPU-like resource that only the workers have, as GPU nodes of
 an EC2 cluster do. Work must land on both workers, a worker killed mid-run must not stop the run, and
-the outputs must equal those of the single-node run."""
+the outputs must equal those of the single-node ``odd_run`` (same settings)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SAMPLE_CONFIG, assert_same_poses, read_poses
+from .conftest import QUICK_CONFIG, assert_same_poses, read_poses
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def scene_input(sample_input: Path, tmp_path: Path) -> Path:
 
 
 def _cmd(input_root: Path, out: Path) -> list[str]:
-    preset, overrides = SAMPLE_CONFIG
+    preset, overrides = QUICK_CONFIG
     # small pair batches: the 15 pairs of the scene make enough batches to keep both matchers busy
     sets = [*overrides, f"compute.actor_resource={RESOURCE}", "compute.pair_batch_size=2"]
     args = [arg for o in sets for arg in ("--set", o)]
@@ -80,8 +80,8 @@ def _worker_ids(nodes: Nodes) -> set[str]:
     return {w.node_id for w in nodes.workers}
 
 
-def _check_same_as_single_node(out: Path, sample_run: tuple[Path, dict[str, Any]]) -> None:
-    clean = read_poses(sample_run[0] / "submission.csv", SCENE)
+def _check_same_as_single_node(out: Path, odd_run: tuple[Path, dict[str, Any]]) -> None:
+    clean = read_poses(odd_run[0] / "submission.csv", SCENE)
     assert sum(p is not None for p in clean.values()) >= 5
     assert_same_poses(read_poses(out / "submission.csv"), clean)
 
@@ -92,7 +92,7 @@ def _node_ids(per_node: dict[str, int]) -> dict[str, int]:
 
 
 def test_work_lands_on_both_workers(
-    nodes: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+    nodes: Nodes, scene_input: Path, odd_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     done = subprocess.run(_cmd(scene_input, out), env=_env(nodes), capture_output=True, text=True, timeout=900)
@@ -101,18 +101,19 @@ def test_work_lands_on_both_workers(
     workers = {w[:8] for w in _worker_ids(nodes)}
     images = _node_ids(rep["stages"]["features"]["images_per_node"])
     pairs = _node_ids(rep["stages"]["matching"]["pairs_per_node"])
-    # one stream: the feature and matcher pools share the two gpu_like units, so while the scene's images
-    # are extracted one worker may hold the matcher; model work lands on both workers, none on the head,
-    # and once extraction ends both workers match
+    # one stream: the feature and matcher pools share the two gpu_like units, so one worker may extract
+    # while the other matches, and whether the matcher pool grows onto the first worker once extraction
+    # ends depends on timing (the scene's few pairs may be matched first); model work lands on both
+    # workers and none on the head
     assert set(images) <= workers and set(pairs) <= workers, (images, pairs)
-    assert set(images) | set(pairs) == workers and set(pairs) == workers, (images, pairs)
+    assert set(images) | set(pairs) == workers, (images, pairs)
     assert sum(images.values()) == 11  # 6 views and 5 bad files (their error rows pass through the actors)
     assert sum(pairs.values()) == rep["stages"]["matching"]["pairs"] == 15
-    _check_same_as_single_node(out, sample_run)
+    _check_same_as_single_node(out, odd_run)
 
 
 def test_worker_node_killed_mid_run(
-    nodes: Nodes, scene_input: Path, sample_run: tuple[Path, dict[str, Any]], tmp_path: Path
+    nodes: Nodes, scene_input: Path, odd_run: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -133,4 +134,4 @@ def test_worker_node_killed_mid_run(
     assert proc.returncode == 3, stderr[-3000:]
     rep = json.loads((out / "run.json").read_text())
     assert not [e for e in rep["errors"] if "pair" in e], rep["errors"]  # no pair was lost with the node
-    _check_same_as_single_node(out, sample_run)
+    _check_same_as_single_node(out, odd_run)

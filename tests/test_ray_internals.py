@@ -12,7 +12,7 @@ from ray.data import ActorPoolStrategy
 
 from imc_ray.distributed.ray_internals import split_blocks
 
-ROWS = 24
+ROWS = 10
 
 
 class _HoldCpus:
