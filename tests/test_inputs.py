@@ -135,6 +135,19 @@ def test_odd_files_are_images_or_listed_problems(tmp_path: Path) -> None:
     assert sorted(scene.row_names()) == sorted([*(r.name for r in scene.images), "phone.HEIC"])
 
 
+def test_masks_of_a_plain_folder_are_not_read_as_photos(tmp_path: Path) -> None:
+    scene = tmp_path / "walk"
+    _png(scene / "a.png")
+    _png(scene / "b.png", 1)
+    (scene / "masks").mkdir()
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(scene / "masks" / "a.png.png")
+    [found] = find_scenes(scene)
+    assert sorted(r.name for r in found.images) == ["a.png", "b.png"] and not any(r.mask_file for r in found.images)
+    [problem] = found.problems
+    assert problem.name == "masks" and not problem.row and str(scene / "images") in problem.error
+    assert [e["error"] for e in catalog_errors([found])] == [problem.error]
+
+
 # ----------------------------------------------------------------------------- layouts
 
 

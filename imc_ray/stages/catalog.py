@@ -18,7 +18,8 @@ Symlinked folders are followed, each real folder once.
 Masks (COLMAP's convention): ``masks/<image name>.png`` beside a scene's ``images/`` folder, zero where
 keypoints are dropped (:func:`load_mask`; ``ImageRef.mask_file``). A mask is in the pixels of the image as decoded
 here (EXIF orientation applied); a mask with the stored size of a photo that EXIF turns by 90 degrees is
-turned with it. Files in ``masks/`` that belong to no image are named in a warning.
+turned with it. Files in ``masks/`` that belong to no image are named in a warning. A plain folder of photos
+has no masks: its ``masks/`` folder is not read (a :class:`Problem`, not photos).
 
 Decoding (``decode_image``) applies the EXIF orientation, composites alpha onto a fixed background,
 expands grayscale, scales 16-bit data to 8 bits, and refuses decompression bombs and tiny images
@@ -106,8 +107,9 @@ def _is_output(folder: Path, exclude: frozenset[Path]) -> bool:
 
 
 def _walk(image_dir: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Every file below ``image_dir`` (symlinked folders followed once each; hidden folders and OUTPUT
-    folders not entered), and the folders not entered with the reason (OUTPUT folders are not reported)."""
+    """Every file below ``image_dir`` (symlinked folders followed once each; hidden folders, OUTPUT folders
+    and the ``masks/`` folder of a plain folder of photos not entered), and the folders not entered with the
+    reason (OUTPUT folders are not reported)."""
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     seen = {image_dir.resolve()}
@@ -117,6 +119,9 @@ def _walk(image_dir: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[t
             sub = Path(dirpath) / d
             if _is_output(sub, exclude):
                 logger.info("%s: an imc-ray output folder, not read as input", sub)
+            elif d == MASKS_DIR and sub.parent == image_dir and image_dir.name != "images":
+                why = f"masks beside no images/ folder, not read; to use them, move the photos into {image_dir}/images/"
+                skipped.append((sub, why))
             elif d.startswith("."):
                 skipped.append((sub, "hidden folder, not read; move the photos out of it to use them"))
             elif sub.resolve() in seen:
