@@ -92,7 +92,8 @@ def remap_scene(
     result = mapping.run(inputs, cfg.mapping, cfg.matching.min_matches, rotated, known)
     labels = evaluate.read_labels(truth / dataset / name / "labels.csv")
     write_submission(work / "submission.csv", list(scene_rows(dataset, name, sorted(labels), result.poses, None)))
-    [score] = evaluate.evaluate(work / "submission.csv", truth)["scenes"]
+    scores = evaluate.evaluate(work / "submission.csv", truth)["scenes"]  # every scene of the truth, others at 0
+    [score] = [s for s in scores if (s["dataset"], s["scene"]) == scene]
     return {
         "scene": f"{dataset}/{name}",
         "variant": tag,

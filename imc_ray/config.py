@@ -112,7 +112,7 @@ class MatchingConfig:
     """An image whose best pair has fewer than this share of the scene's median best-pair matches is
     checked for a turn."""
     rotation_partners: int = 3
-    """Images a suspect is matched against at each turn."""
+    """Images a suspect is matched against at each turn (its neighbours first)."""
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,22 @@ def test_suspects_and_partners() -> None:
     assert suspects_and_partners(names[:4], counts, 30, 2, min_ratio=0.5) == {"d": ["c"]}
 
 
+def test_partners_of_a_turned_photo_at_the_end_of_a_sequence_are_its_neighbours() -> None:
+    """A walk of 10 photos, each overlapping the next three; the last is turned by 90 degrees and keeps about
+    half its matches with its neighbours. The scene's best-matched photos (mid-walk) do not overlap it: a
+    test of its turn against them would fail, so its partners are its neighbours."""
+    names = [f"p{i}" for i in range(10)]
+    counts = {(names[i], names[j]): 400 - 100 * (j - i) for i in range(9) for j in range(i + 1, min(i + 4, 10))}
+    counts |= {(names[i], names[j]): 2 for i in range(10) for j in range(i + 4, 10)}  # all paired (exhaustive)
+    counts |= {("p7", "p9"): 80, ("p8", "p9"): 150, ("p6", "p9"): 40}
+    plan = suspects_and_partners(names, counts, min_matches=30, num_partners=3, also={"p9"})
+    assert plan == {"p9": ["p8", "p7", "p6"]}
+    # a photo turned by 180 degrees keeps no real matches: the scene's best-matched photos it is paired with
+    counts |= {("p7", "p9"): 4, ("p8", "p9"): 6, ("p6", "p9"): 3}
+    total = {n: sum(v for pair, v in counts.items() if n in pair) for n in names[:9]}
+    assert suspects_and_partners(names, counts, 30, 3) == {"p9": sorted(names[:9], key=lambda n: -total[n])[:3]}
+
+
 @pytest.mark.parametrize("degrees", [0, 90, 180, 270])
 def test_relative_roll_of_a_turned_image(degrees: int) -> None:
     """Keypoints of an image and of its copy turned by ``degrees`` (rotate_image): the roll is the turn."""

@@ -10,7 +10,8 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      a scene without suspects costs only reading its matches (no model is loaded);
   2. each suspect is extracted again turned by 90, 180 and 270 degrees (a rolled one: by the turn its
      matches show only) and matched against its partners: the ``rotation_partners`` non-suspect images
-     with the most matches in the scene. A cheap pre-test comes first (:func:`pretest_turns`: the suspect
+     with the most matches with it (at least ``rotation_min_matches``: its neighbours), then with the
+     most matches in the scene. A cheap pre-test comes first (:func:`pretest_turns`: the suspect
      small, upright and turned, few keypoints, against the partners' strongest keypoints); only turns that
      beat the upright image there are extracted and matched at full settings;
   2b. groups (:func:`turn_groups`): images turned together match each other, so none of them looks
@@ -63,11 +64,12 @@ from imc_ray.stages import catalog, features, matching, pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v5"
+RULE_VERSION = "v6"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
 v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
-v5: a component of well-matched pairs is split by the turns its pairs show."""
+v5: a component of well-matched pairs is split by the turns its pairs show. v6: a suspect's partners are its
+neighbours first (the scene's best-matched images may not overlap it)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -91,24 +93,32 @@ def suspects_and_partners(
     also: set[str] | None = None,
 ) -> dict[str, list[str]]:
     """Images whose best pair has fewer than max(``min_matches``, ``min_ratio`` x the median over the
-    scene's images of their best pair) matches, and the images of ``also``, each with its partners
-    (the non-suspects paired with it that have the most matches in the scene).
+    scene's images of their best pair) matches, and the images of ``also``, each with its partners: the
+    non-suspects paired with it, first those with at least ``min_matches`` matches with it, most first
+    (its true neighbours: a photo turned by 90 degrees keeps about half its matches, and in a sequence the
+    scene's best-matched images may not overlap it at all), then those with the most matches in the scene.
 
     matches: (name0, name1) -> number of matches.
     """
     best: dict[str, int] = dict.fromkeys(names, 0)
     total: dict[str, int] = dict.fromkeys(names, 0)
-    paired: dict[str, set[str]] = defaultdict(set)
+    paired: dict[str, dict[str, int]] = defaultdict(dict)
     for (a, b), n in matches.items():
         for x, y in ((a, b), (b, a)):
             if x in best:
                 best[x] = max(best[x], n)
                 total[x] += n
-                paired[x].add(y)
+                paired[x][y] = n
     limit = max(float(min_matches), min_ratio * float(np.median(list(best.values()))) if best else 0.0)
     suspects = [n for n in names if best[n] < limit or n in (also or set())]
     good = sorted((n for n in names if n not in suspects), key=lambda n: -total[n])
-    return {s: [p for p in good if p in paired[s]][:num_partners] for s in suspects if good}
+    rank = {n: i for i, n in enumerate(good)}
+
+    def partners(s: str) -> list[str]:
+        near = {p: n if n >= min_matches else 0 for p, n in paired[s].items() if p in rank}
+        return sorted(near, key=lambda p: (-near[p], rank[p]))[:num_partners]
+
+    return {s: partners(s) for s in suspects if good}
 
 
 ROLL_TOLERANCE = 25.0
