@@ -119,7 +119,7 @@ def _walk(image_dir: Path, exclude: frozenset[Path]) -> tuple[list[Path], list[t
             sub = Path(dirpath) / d
             if _is_output(sub, exclude):
                 logger.info("%s: an imc-ray output folder, not read as input", sub)
-            elif d == MASKS_DIR and sub.parent == image_dir and image_dir.name != "images":
+            elif d == MASKS_DIR and sub.parent == image_dir and masks_dir(image_dir) is None:
                 why = f"masks beside no images/ folder, not read; to use them, move the photos into {image_dir}/images/"
                 skipped.append((sub, why))
             elif d.startswith("."):
@@ -180,19 +180,23 @@ MASKS_DIR = "masks"
 """The folder beside a scene's ``images/`` that holds its masks (module docstring)."""
 
 
+def masks_dir(image_dir: Path) -> Path | None:
+    """The scene's ``masks/`` folder, beside ``image_dir`` when it is an ``images/`` folder; None for a plain
+    folder of photos, which has no masks."""
+    return image_dir.parent / MASKS_DIR if image_dir.name == "images" else None
+
+
 def mask_path(image_dir: Path, name: str) -> Path | None:
-    """The mask of image ``name`` (``<image_dir>/../masks/<name>.png``), or None when there is none.
-    A plain folder of photos (no ``images/`` folder) has no masks."""
-    if image_dir.name != "images":
-        return None
-    path = image_dir.parent / MASKS_DIR / f"{name}.png"
-    return path if path.is_file() else None
+    """The mask of image ``name`` (``<image_dir>/../masks/<name>.png``), or None when there is none."""
+    folder = masks_dir(image_dir)
+    path = folder / f"{name}.png" if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def _warn_unused_masks(image_dir: Path, names: set[str]) -> None:
     """Warn about files in ``masks/`` that are the mask of no image (a wrong name drops no keypoint)."""
-    folder = image_dir.parent / MASKS_DIR
-    if image_dir.name != "images" or not folder.is_dir():
+    folder = masks_dir(image_dir)
+    if folder is None or not folder.is_dir():
         return
     unused = sorted(
         p.relative_to(folder).as_posix()

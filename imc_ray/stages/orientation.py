@@ -100,15 +100,13 @@ def suspects_and_partners(
 
     matches: (name0, name1) -> number of matches.
     """
-    best: dict[str, int] = dict.fromkeys(names, 0)
-    total: dict[str, int] = dict.fromkeys(names, 0)
-    paired: dict[str, dict[str, int]] = defaultdict(dict)
+    paired: dict[str, dict[str, int]] = {n: {} for n in names}  # image -> partner -> matches
     for (a, b), n in matches.items():
         for x, y in ((a, b), (b, a)):
-            if x in best:
-                best[x] = max(best[x], n)
-                total[x] += n
+            if x in paired:
                 paired[x][y] = n
+    best = {n: max(paired[n].values(), default=0) for n in names}
+    total = {n: sum(paired[n].values()) for n in names}
     limit = max(float(min_matches), min_ratio * float(np.median(list(best.values()))) if best else 0.0)
     suspects = [n for n in names if best[n] < limit or n in (also or set())]
     good = sorted((n for n in names if n not in suspects), key=lambda n: -total[n])
