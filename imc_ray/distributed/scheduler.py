@@ -12,7 +12,7 @@ import ray
 from imc_ray import storage
 from imc_ray.config import RunConfig
 from imc_ray.distributed import guard
-from imc_ray.distributed.actors import prepare_scene
+from imc_ray.distributed.gate import prepare_scene
 from imc_ray.distributed.progress import mapping_progress
 from imc_ray.formats import SceneLayout
 from imc_ray.stages import cameras, mapping, pairs

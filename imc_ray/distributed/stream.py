@@ -3,7 +3,7 @@
 images -> decode (CPU tasks; inside the first model actor when no GPU is used) -> [DINOv2 pool]
 -> ALIKED pool -> scene gate (as a scene's last image passes: its features merged and its pairs chosen)
 -> blocks of ``compute.pair_batch_size`` rows -> LightGlue pool -> the driver (small rows only,
-``actors.ROW``). One stream, so the pools share the cluster and no scene waits for the others' images.
+``gate.ROW``). One stream, so the pools share the cluster and no scene waits for the others' images.
 Nothing runs until the driver iterates it (:mod:`imc_ray.distributed.driver`).
 """
 
@@ -19,8 +19,9 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from imc_ray.config import RunConfig
-from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor, SceneGate
+from imc_ray.distributed.actors import FeatureActor, GlobalDescriptorActor, MatcherActor
 from imc_ray.distributed.decode import decode_batch
+from imc_ray.distributed.gate import SceneGate
 from imc_ray.distributed.ray_internals import split_blocks
 from imc_ray.formats import SceneLayout, StageKeys, done_keys
 from imc_ray.stages.catalog import Scene

@@ -1,6 +1,6 @@
 """The driver's tally of the stream's rows: counts for ``run.json`` and the moment each scene is fully matched.
 
-Rows have the columns of :data:`imc_ray.distributed.actors.ROW`. A batch is a dict of numpy arrays (Ray
+Rows have the columns of :data:`imc_ray.distributed.gate.ROW`. A batch is a dict of numpy arrays (Ray
 Data's ``numpy`` batch format); nothing here needs Ray, so the tally is tested on hand-made batches.
 """
 

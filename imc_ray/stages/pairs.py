@@ -36,6 +36,7 @@ from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
     Features,
     SceneLayout,
+    consolidate_features,
     done_keys,
     feature_names_h5,
     globals_from_table,
@@ -47,7 +48,6 @@ from imc_ray.formats import (
     write_global_h5,
     write_pairs,
 )
-from imc_ray.stages import features
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def run(
     with an image without features are left out).
     Returns the pairs and the name of the method that chose them.
     """
-    feats = features.consolidate(scene, images)
+    feats = consolidate_features(scene, images)
     names = sorted(feats)
     glob: dict[str, np.ndarray] = {}
     if use_dinov2:
