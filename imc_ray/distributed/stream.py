@@ -94,9 +94,13 @@ def build_stream(
         ds = ds.map_batches(functools.partial(decode_batch, cfg=cfg), batch_size=image_batch, num_cpus=0.5)
     models = pool(cfg, gpus, pools=3 if use_dinov2 else 2)
     args = {"cfg": cfg, "output": str(output), "keys": keys}
+    extract = any(item["need_features"] for item in items)  # else the model actors load their models lazily
     if use_dinov2:
-        ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs=args, batch_size=image_batch, **models)
-    ds = ds.map_batches(FeatureActor, fn_constructor_kwargs=args, batch_size=image_batch, **models)
+        describe = {**args, "load_now": any(item["need_global"] for item in items)}
+        ds = ds.map_batches(GlobalDescriptorActor, fn_constructor_kwargs=describe, batch_size=image_batch, **models)
+    ds = ds.map_batches(
+        FeatureActor, fn_constructor_kwargs={**args, "load_now": extract}, batch_size=image_batch, **models
+    )
     ds = ds.map_batches(
         SceneGate,
         fn_constructor_kwargs={**args, "use_dinov2": use_dinov2, "expected": expected, "given": given},
@@ -106,4 +110,5 @@ def build_stream(
         label_selector={"ray.io/node-id": ray.get_runtime_context().get_node_id()},  # the driver's node
     )
     ds = split_blocks(ds, cfg.compute.pair_batch_size)  # spread a scene's pairs over the matchers
-    return ds.map_batches(MatcherActor, fn_constructor_kwargs=args, batch_size=cfg.compute.pair_batch_size, **models)
+    match = {**args, "load_now": extract}  # new features: new pairs to match
+    return ds.map_batches(MatcherActor, fn_constructor_kwargs=match, batch_size=cfg.compute.pair_batch_size, **models)
