@@ -444,10 +444,13 @@ def findings(runs: list[PipelineRun]) -> list[str]:
             if info.get("note"):
                 notes.append(f"- imc-ray {key}: {info['note']}")
             orient = info.get("orientation") or {}
-            if orient.get("suspects"):
+            if orient.get("suspects") or orient.get("groups") or "seconds" in orient:
+                secs = float(orient.get("seconds", "nan"))
+                share = 100 * secs / max(imc.wall_seconds, 1e-9)
                 notes.append(
-                    f"- imc-ray {key}: orientation check re-ran {len(orient['suspects'])} suspect(s) "
-                    f"at 3 turns ({', '.join(orient['suspects'])}); turned: {orient.get('rotated') or 'none'}"
+                    f"- imc-ray {key}: orientation check {secs:.1f} s ({share:.1f}% of the run's wall time); "
+                    f"suspects {orient.get('suspects') or 'none'}, groups {orient.get('groups') or 'none'}, "
+                    f"turned: {orient.get('rotated') or 'none'}"
                 )
             if "relaxed" in info.get("attempts", {}):
                 notes.append(f"- imc-ray {key}: needed the relaxed mapping attempt (registered: {info['attempts']})")

@@ -20,7 +20,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         database.db                COLMAP database (keypoints, matches, two-view geometries)
         sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...; see ``joined``)
         scene.json                 mapping summary of the scene
-        orientation.json           the orientation check's decision: key, suspects, groups, rotated (image -> degrees)
+        orientation.json           the orientation check's decision: key, suspects, groups, rotated (image -> degrees),
+                                   seconds (the check's time when it decided)
 
 ``features.h5`` (hloc layout), group ``/<image name>``:
   * ``keypoints``   float32 (N, 2): x, y in original-image pixels, origin at the centre of the top-left

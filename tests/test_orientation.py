@@ -15,6 +15,7 @@ from imc_ray.distributed import pipeline
 from imc_ray.stages.mapping import stored_pose
 from imc_ray.stages.orientation import (
     relative_roll,
+    rematch_pairs,
     roll_suspects,
     rotate_image,
     suspects_and_partners,
@@ -92,6 +93,23 @@ def test_partners_of_a_turned_photo_at_the_end_of_a_sequence_are_its_neighbours(
     counts |= {("p7", "p9"): 4, ("p8", "p9"): 6, ("p6", "p9"): 3}
     total = {n: sum(v for pair, v in counts.items() if n in pair) for n in names[:9]}
     assert suspects_and_partners(names, counts, 30, 3) == {"p9": sorted(names[:9], key=lambda n: -total[n])[:3]}
+
+
+def test_a_turned_photo_is_matched_again_with_the_photos_that_overlap_it_only() -> None:
+    """A walk of 10 photos, each overlapping the next three (all pairs matched). p9 at the end was turned by
+    180 degrees (no matches before the fix); the test matched it upright with p7 and p8 (its anchors). Its
+    pairs with p4-p8 (anchors and their neighbours) are matched again, not those with the start of the walk.
+    A photo turned by 90 degrees keeps its own neighbours; two turned photos are always matched again."""
+    names = [f"p{i}" for i in range(10)]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    counts = {(names[i], names[j]): 400 - 100 * (j - i) for i in range(9) for j in range(i + 1, min(i + 4, 10))}
+    counts |= {pair: 2 for pair in pairs if pair not in counts or "p9" in pair}
+    todo = rematch_pairs(pairs, {"p9": {"p7", "p8"}}, counts, min_matches=30)
+    assert todo == {(f"p{i}", "p9") for i in range(4, 9)}
+    counts |= {("p2", "p3"): 150, ("p1", "p3"): 60}  # p3 turned by 90 degrees: its neighbours show
+    todo = rematch_pairs(pairs, {"p9": {"p8"}, "p3": {"p2"}}, counts, min_matches=30)
+    assert ("p3", "p9") in todo and ("p1", "p3") in todo and ("p3", "p4") in todo
+    assert ("p3", "p8") not in todo and ("p0", "p9") not in todo
 
 
 @pytest.mark.parametrize("degrees", [0, 90, 180, 270])

@@ -24,7 +24,8 @@ Rule (:func:`run`), per scene, after its pairs are matched:
   3. the turn with the most matches wins if it has at least 1.5 times (rolled: 1.1 times) the matches of
      the upright image and at least ``rotation_min_matches``; the suspect's features are replaced by
      those of the image set upright (keypoints and ``image_size`` in the upright image's pixels, so it
-     shares the camera of upright photos of its size) and every pair of the suspect is matched again.
+     shares the camera of upright photos of its size) and its pairs with images that overlap it are matched
+     again (:func:`rematch_pairs`; the test's own matches are reused); its other pairs are stored empty.
      The COLMAP model holds the upright image too; the mapping stage turns its pose back to the photo
      as stored for the submission (:func:`mapping.stored_pose`).
 Replacements are written as override shards in ``shards/<kind>-<key>/rotated/`` (read after the
@@ -42,6 +43,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -297,6 +299,39 @@ def plan_groups(
     return plan
 
 
+def rematch_pairs(
+    pairs: list[tuple[str, str]],
+    anchors: dict[str, set[str]],
+    counts: dict[tuple[str, str], int],
+    min_matches: int,
+) -> set[tuple[str, str]]:
+    """The pairs of the turned images (the keys of ``anchors``) that are matched again once they are upright:
+    every pair of two turned images, and a turned image X with an upright image Y when Y overlaps X: X's
+    matches showed it (at least ``min_matches`` before the turn: a photo turned by 90 degrees keeps about
+    half), or Y is one of X's anchors (upright partners that matched X turned upright in the test) or has at
+    least ``min_matches`` with one of them. Other pairs of a turned image (photos that share nothing with X
+    or its anchors, e.g. the far end of a walk) are not matched again: the caller stores them empty."""
+    turned = set(anchors)
+    near: dict[str, set[str]] = {x: set(a) for x, a in anchors.items()}
+    for (a, b), n in counts.items():
+        if n < min_matches or a in turned or b in turned:
+            continue
+        for x, found in anchors.items():
+            if a in found:
+                near[x].add(b)
+            if b in found:
+                near[x].add(a)
+    out = set()
+    for a, b in pairs:
+        if a in turned and b in turned:
+            out.add((a, b))
+        elif a in turned or b in turned:
+            x, y = (a, b) if a in turned else (b, a)
+            if counts.get((a, b), 0) >= min_matches or y in near[x]:
+                out.add((a, b))
+    return out
+
+
 GROUP_PROBES = 2
 """Members of a group whose turned copies are matched in the group's test."""
 
@@ -324,6 +359,7 @@ def _group_partners(
 def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
+    t0 = time.perf_counter()
     record = scene.orientation_json
     m = cfg.matching
     assert scene.keys is not None
@@ -358,5 +394,6 @@ def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
             logger.exception("%s: orientation check failed; mapping goes on without it", scene.root)
     suspects = sorted(g.members[0] for g in plan if len(g.members) == 1)
     groups = [list(g.members) for g in plan if len(g.members) > 1]
-    write_text_atomic(record, json.dumps({"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}))
+    decision = {"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}
+    write_text_atomic(record, json.dumps({**decision, "seconds": round(time.perf_counter() - t0, 3)}))
     return rotated

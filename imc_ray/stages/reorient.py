@@ -15,7 +15,7 @@ import torch
 
 from imc_ray.config import RunConfig
 from imc_ray.formats import Features, SceneLayout, consolidate_features, feature_rows, match_rows, write_shard
-from imc_ray.stages import catalog, features, matching
+from imc_ray.stages import catalog, features, matching, orientation
 from imc_ray.stages.orientation import ACCEPT_FACTOR, ROLL_ACCEPT_FACTOR, ROTATIONS, Group, rotate_image
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,10 @@ def _turned(image_dir: Path, name: str, cfg: RunConfig, models: _Models, turns: 
     return out
 
 
+Matches = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+"""(name0, name1) with name0 < name1 -> (indices (M, 2), scores (M,)), as :func:`matching.match_pair` gives."""
+
+
 def _test_group(
     g: Group,
     image_dir: Path,
@@ -90,31 +94,30 @@ def _test_group(
     feats: dict[str, Features],
     counts: dict[tuple[str, str], int],
     models: _Models,
-) -> tuple[int, dict[str, Features]]:
-    """The turn that sets group ``g`` upright (0: none) and its probes' features at that turn."""
+) -> tuple[int, dict[str, Features], Matches]:
+    """The turn that sets group ``g`` upright (0: none), its probes' features at that turn and their matches
+    with the partners at that turn (each pair in name order, as the pipeline matches it)."""
     turns = [g.turn] if g.turn is not None else []
     if g.turn is None:
         tiny, (w, h) = catalog.load_image(image_dir / g.probes[0], cfg.images, PRETEST_SIZE)
         turns = pretest_turns(tiny, (w, h), [feats[p] for p in g.partners], models.pretest, models.device)
     if not turns:
-        return 0, {}
+        return 0, {}, {}
     turned = {name: _turned(image_dir, name, cfg, models, turns) for name in g.probes}
-    found = {
-        deg: sum(
-            len(matching.match_pair(models.glue, turned[name][deg], feats[p], models.device)[0])
-            for name in g.probes
-            for p in g.partners
-        )
-        for deg in turns
-    }
+    tested: dict[int, Matches] = {}
+    for deg in turns:
+        now = {**feats, **{name: turned[name][deg] for name in g.probes}}
+        pairs = sorted((min(n, p), max(n, p)) for n in g.probes for p in g.partners)
+        tested[deg] = {(a, b): matching.match_pair(models.glue, now[a], now[b], models.device) for a, b in pairs}
+    found = {deg: sum(len(idx) for idx, _ in tested[deg].values()) for deg in turns}
     best = max(turns, key=lambda d: (found[d], -d))
     upright = sum(counts.get((min(n, p), max(n, p)), 0) for n in g.probes for p in g.partners)
     factor = ROLL_ACCEPT_FACTOR if g.turn is not None else ACCEPT_FACTOR
     need = max(factor * upright, cfg.matching.rotation_min_matches * len(g.probes))
     logger.debug("turn test of %s: %s matches by turn, %d upright", g.members, found, upright)
     if found[best] < need:
-        return 0, {}
-    return best, {name: turned[name][best] for name in g.probes}
+        return 0, {}, {}
+    return best, {name: turned[name][best] for name in g.probes}, tested[best]
 
 
 def fix(
@@ -126,16 +129,20 @@ def fix(
     counts: dict[tuple[str, str], int],
     plan: list[Group],
 ) -> dict[str, int]:
-    """Test each group of ``plan``; turn the groups that a turn sets upright (features and matches written
-    as override shards, every pair of a turned image matched again, plus pairs of each turned group with its
-    partners). Returns image -> degrees of the turned images."""
+    """Test each group of ``plan``; turn the groups that a turn sets upright. Their features and matches are
+    written as override shards: the pairs of :func:`orientation.rematch_pairs` matched again (the test's
+    matches reused), plus each turned group with its partners; a turned image's other pairs stored empty.
+    Returns image -> degrees of the turned images."""
     models = _Models(cfg)
     where = dataset, scene = scene_layout.root.parent.name, scene_layout.root.name
+    min_matches = cfg.matching.rotation_min_matches
     rotated: dict[str, int] = {}
+    anchors: dict[str, set[str]] = {}
+    known: Matches = {}
     extra: set[tuple[str, str]] = set()
     for g in plan:
         try:
-            deg, probes = _test_group(g, image_dir, cfg, feats, counts, models)
+            deg, probes, tested = _test_group(g, image_dir, cfg, feats, counts, models)
             if not deg:
                 continue
             new = {n: probes[n] if n in probes else _turned(image_dir, n, cfg, models, [deg])[deg] for n in g.members}
@@ -143,6 +150,9 @@ def fix(
             continue
         feats.update(new)
         rotated.update(dict.fromkeys(new, deg))
+        known.update(tested)
+        found = {p for pair, (idx, _) in tested.items() if len(idx) >= min_matches for p in pair} - set(g.members)
+        anchors.update(dict.fromkeys(g.members, found or set(g.partners)))
         logger.info("%s/%s: %s turned by %d degrees", *where, ", ".join(g.members), deg)
         if len(g.members) > 1:
             extra.update((min(n, p), max(n, p)) for n in g.members for p in g.partners)
@@ -150,10 +160,20 @@ def fix(
         write_shard(
             scene_layout.feature_shards / "rotated", feature_rows(dataset, scene, [(n, feats[n]) for n in rotated])
         )
+        todo = orientation.rematch_pairs(pairs, anchors, counts, min_matches) | extra
+        empty = (np.zeros((0, 2), np.int32), np.zeros(0, np.float32))
         items = []
         for a, b in sorted({p for p in pairs if p[0] in rotated or p[1] in rotated} | extra):
-            idx, scores = matching.match_pair(models.glue, feats[a], feats[b], models.device, keys=(a, b))
+            if (a, b) not in todo:
+                idx, scores = empty
+            elif (a, b) in known:
+                idx, scores = known[(a, b)]
+            else:
+                idx, scores = matching.match_pair(models.glue, feats[a], feats[b], models.device, keys=(a, b))
             items.append((a, b, idx, scores))
+        logger.info(
+            "%s/%s: %d pairs of turned images matched again, %d stored empty", *where, len(todo), len(items) - len(todo)
+        )
         write_shard(scene_layout.match_shards / "rotated", match_rows(dataset, scene, items))
         consolidate_features(scene_layout)
     return rotated
