@@ -32,6 +32,10 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
   An image the orientation stage set upright (``orientation.json``, ``run.json`` → ``scenes.*.rotated``:
   image -> degrees counter-clockwise) has its keypoints and ``image_size`` in the upright image's pixels,
   and is upright in ``database.db`` and ``sparse/`` too; ``submission.csv`` gives the stored photo's pose.
+  ``scene.json`` → ``rolled`` (also ``run.json`` → ``scenes.*.rolled``, optional: absent in older files):
+  images of ``sparse/0`` whose camera is rolled by about 90, 180 or 270 degrees against the scene's up, i.e.
+  photos turned in the file that the orientation check missed (image -> the turn that would set it upright,
+  as in ``rotated``; ``mapping.camera_rolls``).
 
 ``global.h5``, group ``/<image name>``: ``global_descriptor`` float32 (D,), L2-normalised.
 

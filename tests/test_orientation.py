@@ -12,7 +12,7 @@ from PIL import Image
 from imc_ray import evaluate
 from imc_ray.config import build_config
 from imc_ray.distributed import pipeline
-from imc_ray.stages.mapping import stored_pose
+from imc_ray.stages.mapping import camera_rolls, stored_pose
 from imc_ray.stages.orientation import (
     relative_roll,
     rematch_pairs,
@@ -220,14 +220,56 @@ def test_turned_photos_register_like_upright_ones(ray_local: None, tmp_path: Pat
         _scene_copy(root, label, names, turned)
     out = tmp_path / "out"
     rep = pipeline.run(root, out, build_config("fast", ["mapping.num_threads=1"])).to_json()
-    for label, turned in runs.items():  # found and turned back
+    for label, turned in runs.items():  # found and turned back; none left rolled in the model
         assert rep["scenes"][f"instant_ngp/{label}"]["rotated"] == {n: (360 - d) % 360 for n, d in turned.items()}
+        assert rep["scenes"][f"instant_ngp/{label}"]["rolled"] == {}
     scores = {s["scene"]: s for s in evaluate.evaluate(out / "submission.csv", root)["scenes"]}
     assert set(scores) == set(runs)
     assert scores["upright"]["n_registered"] == len(names)
     for label in runs:
         assert scores[label]["registration_rate"] >= scores["upright"]["registration_rate"] - 0.02, label
         assert scores[label]["auc@5"] >= scores["upright"]["auc@5"] - 0.02, label
+
+
+def _look_at(centre: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """World-to-camera rotation (3, 3) of an upright camera at ``centre`` looking at the origin."""
+    z = -centre / np.linalg.norm(centre)
+    x = np.cross(z, up)  # image right; image down (y) = z x x points against up
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(z, x), z])
+
+
+def test_camera_rolls_finds_the_cameras_turned_against_the_scene_up() -> None:
+    """A ring of 16 cameras around an object (world up +y, not an axis the rule knows), elevation 30 degrees,
+    three of them photos turned in the file (their pose: stored_pose of the upright one), one looking
+    straight down with an arbitrary roll: the turned ones are found with the turn that sets them upright."""
+    up = np.array([0.0, 1.0, 0.0])
+    poses = {}
+    for i, a in enumerate(np.radians(np.arange(16) * 22.5)):
+        c = np.array([np.cos(a) * np.cos(0.5), np.sin(0.5), np.sin(a) * np.cos(0.5)]) * 4.0
+        poses[f"c{i:02d}"] = (_look_at(c, up).ravel().tolist(), [0.0, 0.0, 4.0])
+    fixes = {"c03": 90, "c08": 180, "c13": 270}
+    rotations = {n: np.reshape(stored_pose(p, fixes.get(n, 0))[0], (3, 3)) for n, p in poses.items()}
+    down = _look_at(np.array([0.01, 4.0, 0.0]), up)
+    rotations["top"] = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ down
+    assert camera_rolls(rotations) == fixes
+    upright = {n: R for n, R in rotations.items() if n not in fixes}
+    assert camera_rolls(upright) == {}
+    rng = np.random.default_rng(0)  # no common up: nothing is reported
+    assert camera_rolls({f"r{i}": np.linalg.qr(rng.normal(size=(3, 3)))[0] for i in range(20)}) == {}
+
+
+def test_camera_rolls_on_real_reference_poses() -> None:
+    """The fox scene's reference poses (real photos): none rolled; three turned in the file are found."""
+    if not FOX.is_dir():
+        pytest.skip(f"needs the development data at {FOX}")
+    with open(FOX / "labels.csv") as f:
+        rows = list(csv.reader(f))[1:]
+    turned = {rows[2][0]: 90, rows[9][0]: 180, rows[17][0]: 270}
+    rows = [_turn_gt(r, turned[r[0]]) if r[0] in turned else r for r in rows]
+    rotations = {r[0]: np.array(r[1].split(";"), float).reshape(3, 3) for r in rows}
+    assert camera_rolls({n: R for n, R in rotations.items() if n not in turned}) == {}
+    assert camera_rolls(rotations) == {n: (360 - d) % 360 for n, d in turned.items()}
 
 
 def test_pretest_passes_the_turn_of_a_turned_photo_and_no_turn_of_an_upright_one() -> None:

@@ -58,6 +58,9 @@ class SceneResult:
     seconds: dict[str, float] = field(default_factory=dict)
     rotated: dict[str, int] = field(default_factory=dict)
     """Images found turned and matched again upright (image -> degrees, see ``stages/orientation``)."""
+    rolled: dict[str, int] = field(default_factory=dict)
+    """Images of the largest model whose camera is rolled by about 90, 180 or 270 degrees against the scene's
+    up (:func:`camera_rolls`): photos turned in the file that the orientation check missed."""
     attempts: dict[str, int] = field(default_factory=dict)
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
     principal_point: str = ""
@@ -491,6 +494,40 @@ def stored_pose(pose: tuple[list[float], list[float]], turn: int) -> tuple[list[
     return R.ravel().tolist(), t.tolist()
 
 
+ROLL_MAX_ELEVATION = 75.0
+"""Degrees: cameras looking closer than this to straight up or down have no roll :func:`camera_rolls` trusts."""
+
+
+def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> dict[str, int]:
+    """Registered images whose camera is rolled by about 90, 180 or 270 degrees against the scene's up: photos
+    turned in the file that the orientation check missed (image -> the turn that would set it upright, as in
+    ``SceneResult.rotated``). Empty unless most cameras are upright.
+
+    The scene's up is the direction most orthogonal to every camera's x-axis (image rows are level in most
+    photos), its sign the one most cameras' y-axes (image down) point against. A camera's roll is the angle
+    of that up in its image; views within ``90 - ROLL_MAX_ELEVATION`` degrees of straight down or up are
+    skipped.
+
+    rotations: image name -> world-to-camera rotation (3, 3).
+    """
+    if len(rotations) < 5:
+        return {}
+    names = sorted(rotations)
+    R = np.stack([np.asarray(rotations[n], np.float64).reshape(3, 3) for n in names])  # (N, 3, 3)
+    up = np.linalg.svd(R[:, 0, :])[2][-1]  # (3,)
+    if np.median(R[:, 1, :] @ up) > 0:
+        up = -up
+    u = R @ up  # (N, 3): the scene's up in each camera's frame
+    roll = np.degrees(np.arctan2(u[:, 0], -u[:, 1])) % 360.0
+    turn = np.round(roll / 90.0).astype(int) % 4
+    off = np.abs((roll + 45.0) % 90.0 - 45.0)
+    level = np.degrees(np.arcsin(np.clip(np.abs(u[:, 2]), 0.0, 1.0))) < ROLL_MAX_ELEVATION
+    sure = level & (off < tolerance)
+    if np.sum(sure & (turn == 0)) <= 0.5 * np.sum(level):
+        return {}
+    return {n: 90 * int(k) for n, k, ok in zip(names, turn, sure, strict=True) if ok and k}
+
+
 def inputs_digest(
     features: dict[str, Features],
     matches: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
@@ -556,13 +593,26 @@ def run(
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
         _fill_poses(result, models, len(features), layout.database, cfg)
         result.pairs = pair_accounting(layout, features, len(matches), result.num_verified_pairs, _first(models))
-        if result.note:
-            logger.warning("scene %s: %s", name, result.note)
+        _warn(result, name)
     except Exception as exc:
         logger.exception("scene %s: mapping failed", name)
         result.error = f"{type(exc).__name__}: {exc}"
     write_text_atomic(layout.scene_json, json.dumps(asdict(result), indent=1))
     return result
+
+
+def _warn(result: SceneResult, name: str) -> None:
+    """Log what a user should know about a mapped scene: a fallback's note, photos that look turned."""
+    if result.note:
+        logger.warning("scene %s: %s", name, result.note)
+    if result.rolled:
+        logger.warning(
+            "scene %s: %d registered photo(s) rolled by 90, 180 or 270 degrees against the scene's up (%s): "
+            "likely turned photos the orientation check missed, posed from fewer matches (scene.json: rolled)",
+            name,
+            len(result.rolled),
+            ", ".join(sorted(result.rolled)),
+        )
 
 
 def _first(models: list[pycolmap.Reconstruction]) -> pycolmap.Reconstruction | None:
@@ -631,6 +681,8 @@ def _fill_poses(
         result.poses, result.note = two_view_fallback(db_path, cfg.seed)
     else:
         result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
+    if models:
+        result.rolled = camera_rolls({n: np.reshape(R, (3, 3)) for n, (R, _) in poses_of(models[0]).items()})
     result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
 
 
