@@ -223,6 +223,7 @@ def _imc_scene(folder: Path, sc: report.SceneReport) -> dict[str, Any]:
         "attempts": r.attempts,
         "note": r.note,
         "orientation": json.loads(orientation.read_text()) if orientation.is_file() else None,
+        "rolled": r.rolled,
         "num_registered": sc.num_registered,
         "error": sc.error,
         "seconds": {"mapping": sum(float(v) for v in r.seconds.values()), **r.seconds},
@@ -452,6 +453,8 @@ def findings(runs: list[PipelineRun]) -> list[str]:
                     f"suspects {orient.get('suspects') or 'none'}, groups {orient.get('groups') or 'none'}, "
                     f"turned: {orient.get('rotated') or 'none'}"
                 )
+            if info.get("rolled"):
+                notes.append(f"- imc-ray {key}: registered but rolled against the scene's up: {info['rolled']}")
             if "relaxed" in info.get("attempts", {}):
                 notes.append(f"- imc-ray {key}: needed the relaxed mapping attempt (registered: {info['attempts']})")
             if sc["n_registered"] < sc["n_images"]:
