@@ -608,7 +608,8 @@ def _warn(result: SceneResult, name: str) -> None:
     if result.rolled:
         logger.warning(
             "scene %s: %d registered photo(s) rolled by 90, 180 or 270 degrees against the scene's up (%s): "
-            "likely turned photos the orientation check missed, posed from fewer matches (scene.json: rolled)",
+            "likely turned photos the orientation check missed, posed from fewer matches (scene.json: rolled); "
+            "turning those files upright and running the same command again maps them from more matches",
             name,
             len(result.rolled),
             ", ".join(sorted(result.rolled)),
