@@ -18,7 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 import ray
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 def select_device(compute: ComputeConfig) -> torch.device:
@@ -86,25 +87,38 @@ def _decoded(batch: Batch, cfg: RunConfig) -> Batch:
     return batch if "image" in batch else decode_batch(batch, cfg)
 
 
-class GlobalDescriptorActor:
-    """DINOv2 (stage 2) on a batch of decoded images; writes one global-descriptor shard per scene.
-
-    Passes the batch on unchanged; rows whose ``error`` is set, or with ``need_global`` false, are skipped.
-    """
+class _ModelActor(Generic[M]):
+    """What the model actors share: the run's settings, OUTPUT, stage keys and Ray node, and their model on
+    its device (:attr:`model`), loaded when the actor starts if ``load_now`` (the stream has work for its
+    pool), else at its first item of model work. Subclasses give :meth:`_load`."""
 
     def __init__(self, cfg: RunConfig, output: str, keys: StageKeys, load_now: bool = True) -> None:
         self.cfg = cfg
         self.output = Path(output)
         self.keys = keys
-        if load_now:  # the stream has work for this pool: load while it starts
-            self._dinov2  # noqa: B018
+        self.node = _node_id()
+        if load_now:
+            self.model  # noqa: B018
 
     @functools.cached_property
-    def _dinov2(self) -> tuple[DinoVisionTransformer, torch.device]:
+    def model(self) -> tuple[M, torch.device]:
+        device = select_device(self.cfg.compute)
+        return self._load(device), device
+
+    def _load(self, device: torch.device) -> M:
+        raise NotImplementedError
+
+
+class GlobalDescriptorActor(_ModelActor["DinoVisionTransformer"]):
+    """DINOv2 (stage 2) on a batch of decoded images; writes one global-descriptor shard per scene.
+
+    Passes the batch on unchanged; rows whose ``error`` is set, or with ``need_global`` false, are skipped.
+    """
+
+    def _load(self, device: torch.device) -> DinoVisionTransformer:
         from imc_ray.stages import retrieval
 
-        device = select_device(self.cfg.compute)
-        return retrieval.load_dinov2(self.cfg.retrieval, device), device
+        return retrieval.load_dinov2(self.cfg.retrieval, device)
 
     def __call__(self, batch: Batch) -> Batch:
         from imc_ray.stages import retrieval
@@ -112,7 +126,7 @@ class GlobalDescriptorActor:
         batch = _decoded(batch, self.cfg)
         todo = [i for i, e in enumerate(batch["error"]) if not e and batch["need_global"][i]]
         if todo:
-            model, device = self._dinov2
+            model, device = self.model
             desc = retrieval.describe(model, [batch["image"][i] for i in todo], self.cfg.retrieval.image_size, device)
             by_scene: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = defaultdict(list)
             for j, i in enumerate(todo):
@@ -123,29 +137,19 @@ class GlobalDescriptorActor:
         return batch
 
 
-class FeatureActor:
+class FeatureActor(_ModelActor["ALIKED"]):
     """ALIKED (stage 3) on a batch; writes one feature shard per scene in the batch and returns one
     ``image`` row (:data:`ROW`) per image: its keypoint count or error, and the Ray node that did the work."""
 
-    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys, load_now: bool = True) -> None:
-        self.cfg = cfg
-        self.output = Path(output)
-        self.keys = keys
-        self.node = _node_id()
-        if load_now:  # the stream has work for this pool: load while it starts
-            self._aliked  # noqa: B018
-
-    @functools.cached_property
-    def _aliked(self) -> tuple[ALIKED, torch.device]:
+    def _load(self, device: torch.device) -> ALIKED:
         from imc_ray.stages import features
 
-        device = select_device(self.cfg.compute)
-        return features.load_aliked(self.cfg.features, device), device
+        return features.load_aliked(self.cfg.features, device)
 
     def _extract(self, batch: Batch, rows: list[int]) -> list[Features]:
         from imc_ray.stages import features
 
-        model, device = self._aliked
+        model, device = self.model
         sizes = [(int(batch["width"][i]), int(batch["height"][i])) for i in rows]
         found = features.extract(model, [batch["image"][i] for i in rows], sizes, device)
         masks = [batch["mask"][i] for i in rows]
@@ -190,32 +194,28 @@ class FeatureActor:
         )
 
 
-class MatcherActor:
+class MatcherActor(_ModelActor["LightGlue"]):
     """LightGlue (stage 5) on the ``pair`` rows of a batch (other rows pass through); writes one match
     shard per scene in the batch.
 
     A pair that fails twice gets an ``error`` and is left out of the shard (a rerun retries it)."""
 
-    def __init__(self, cfg: RunConfig, output: str, keys: StageKeys, load_now: bool = True) -> None:
-        self.cfg = cfg
-        self.output = Path(output)
-        self.keys = keys
-        self.node = _node_id()
-        if load_now:  # the stream has work for this pool: load while it starts
-            self._glue  # noqa: B018
-
-    @functools.cached_property
-    def _glue(self) -> tuple[LightGlue, torch.device, FeatureCache]:
+    def _load(self, device: torch.device) -> LightGlue:
         from imc_ray.stages import matching
 
-        device = select_device(self.cfg.compute)
-        return matching.load_lightglue(self.cfg.matching, device), device, matching.FeatureCache()
+        return matching.load_lightglue(self.cfg.matching, device)
+
+    @functools.cached_property
+    def _cache(self) -> FeatureCache:
+        from imc_ray.stages import matching
+
+        return matching.FeatureCache()
 
     def _match(self, h5: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
         from imc_ray.stages import matching
 
-        model, device, cache = self._glue
-        f0, f1 = cache.get(h5, name0), cache.get(h5, name1)
+        model, device = self.model
+        f0, f1 = self._cache.get(h5, name0), self._cache.get(h5, name1)
         return matching.match_pair(model, f0, f1, device, keys=((h5, name0), (h5, name1)))
 
     def __call__(self, batch: Batch) -> Batch:

@@ -665,17 +665,17 @@ def _fill_poses(
     """The result's model sizes, poses (turned back for rotated photos), clusters and note."""
     result.model_sizes = [m.num_reg_images() for m in models]
     target = {j["source"]: j["target"] for j in result.joined}
+    posed = [poses_of(m) for m in models]
     if cfg.clusters:
         result.clusters = {}
         for k in reversed(range(len(models))):  # larger models last: they win shared images
-            model_poses = poses_of(models[k])
-            result.poses.update(model_poses)
-            result.clusters.update(dict.fromkeys(model_poses, target.get(k, k)))
+            result.poses.update(posed[k])
+            result.clusters.update(dict.fromkeys(posed[k], target.get(k, k)))
         if not models:
             result.note = "no cluster: every image is an outlier"
     elif models:
         for k in reversed([0, *(s for s, t in target.items() if t == 0)]):
-            result.poses.update(poses_of(models[k]))
+            result.poses.update(posed[k])
     elif num_readable < 2:
         result.note = f"{num_readable} readable image(s): nothing to reconstruct"
     elif result.num_verified_pairs:
@@ -683,7 +683,7 @@ def _fill_poses(
     else:
         result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
     if models:
-        result.rolled = camera_rolls({n: np.reshape(R, (3, 3)) for n, (R, _) in poses_of(models[0]).items()})
+        result.rolled = camera_rolls({n: np.reshape(R, (3, 3)) for n, (R, _) in posed[0].items()})
     result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
 
 
