@@ -130,8 +130,9 @@ def fix(
     plan: list[Group],
 ) -> dict[str, int]:
     """Test each group of ``plan``; turn the groups that a turn sets upright. Their features and matches are
-    written as override shards: the pairs of :func:`orientation.rematch_pairs` matched again (the test's
-    matches reused), plus each turned group with its partners; a turned image's other pairs stored empty.
+    written as override shards: the pairs of :func:`orientation.rematch_pairs` matched again, each turned
+    group with its partners, and the test's own matches (reused unless one of the two images was turned by a
+    later group); a turned image's other pairs are stored empty.
     Returns image -> degrees of the turned images."""
     models = _Models(cfg)
     where = dataset, scene = scene_layout.root.parent.name, scene_layout.root.name
@@ -150,6 +151,7 @@ def fix(
             continue
         feats.update(new)
         rotated.update(dict.fromkeys(new, deg))
+        known = {pair: m for pair, m in known.items() if not set(pair) & set(new)}  # stale: an image turned since
         known.update(tested)
         found = {p for pair, (idx, _) in tested.items() if len(idx) >= min_matches for p in pair} - set(g.members)
         anchors.update(dict.fromkeys(g.members, found or set(g.partners)))
@@ -160,7 +162,7 @@ def fix(
         write_shard(
             scene_layout.feature_shards / "rotated", feature_rows(dataset, scene, [(n, feats[n]) for n in rotated])
         )
-        todo = orientation.rematch_pairs(pairs, anchors, counts, min_matches) | extra
+        todo = orientation.rematch_pairs(pairs, anchors, counts, min_matches) | extra | set(known)
         empty = (np.zeros((0, 2), np.int32), np.zeros(0, np.float32))
         items = []
         for a, b in sorted({p for p in pairs if p[0] in rotated or p[1] in rotated} | extra):
