@@ -21,7 +21,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         sparse/<k>/*.bin           every COLMAP model, largest first (k = 0, 1, ...; see ``joined``)
         scene.json                 mapping summary of the scene
         orientation.json           the orientation check's decision: key, suspects, groups, rotated (image -> degrees),
-                                   seconds (the check's time when it decided)
+                                   hinted (image -> turn: the model's rolled photos tested after mapping),
+                                   seconds (the check's time, both passes)
 
 ``features.h5`` (hloc layout), group ``/<image name>``:
   * ``keypoints``   float32 (N, 2): x, y in original-image pixels, origin at the centre of the top-left
@@ -107,6 +108,7 @@ import errno
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -511,8 +513,9 @@ def done_keys(directory: Path, columns: tuple[str, ...]) -> set[tuple[str, ...]]
 
 
 def write_shard(directory: Path, table: pa.Table) -> Path:
-    """Write one Arrow shard under a fresh unique name, atomically; return its path."""
-    path = directory / f"{uuid.uuid4().hex}.parquet"
+    """Write one Arrow shard under a fresh unique name, atomically; return its path. Names sort in the order
+    of writing on one machine (the override shards of ``rotated/``: a later decision's rows come last)."""
+    path = directory / f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path

@@ -12,7 +12,15 @@ from types import ModuleType
 import torch
 
 from imc_ray.config import FeaturesConfig, ImagesConfig, MatchingConfig
-from imc_ray.formats import Features, SceneLayout, StageKeys, match_rows, write_features_h5, write_shard
+from imc_ray.formats import (
+    Features,
+    SceneLayout,
+    StageKeys,
+    feature_rows,
+    match_rows,
+    write_features_h5,
+    write_shard,
+)
 from imc_ray.stages import catalog, features, matching
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +74,11 @@ def match_all(feats: dict[str, Features], known: dict[tuple[str, str], tuple] | 
 
 
 def write_scene(scene_dir: Path, feats: dict[str, Features], matches: dict) -> SceneLayout:
-    """``features.h5`` and one match shard (stage keys :data:`KEYS`) in ``scene_dir``, as the pipeline
-    writes them; returns the scene's layout."""
+    """One feature shard, ``features.h5`` and one match shard (stage keys :data:`KEYS`) in ``scene_dir``, as
+    the pipeline writes them; returns the scene's layout."""
     layout = SceneLayout(scene_dir, KEYS)
     scene_dir.mkdir(parents=True, exist_ok=True)
+    write_shard(layout.feature_shards, feature_rows("d", "s", sorted(feats.items())))
     write_features_h5(layout.features_h5, feats)
     rows = [(a, b, m, s) for (a, b), (m, s) in sorted(matches.items())]
     write_shard(layout.match_shards, match_rows("d", "s", rows))

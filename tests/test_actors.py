@@ -130,3 +130,18 @@ def test_driver_and_model_free_steps_do_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_model_actor_loads_its_model_at_start_only_when_told_and_else_at_its_first_model_work(
+    tmp_path: Path,
+) -> None:
+    """``load_now``: the stream says whether a pool has work. Without it the actor holds no model until an
+    image needs one (a rerun whose images are all extracted loads none); with it the model is ready at start."""
+    keys = stage_keys(CFG)
+    lazy = actors.FeatureActor(CFG, str(tmp_path), keys, load_now=False)
+    assert "model" not in vars(lazy)
+    done = _batch(["r_20.png"])
+    done["need_features"][:] = False  # already extracted: no model work
+    assert list(lazy(done)["num_keypoints"]) == [0] and "model" not in vars(lazy)
+    assert list(lazy(_batch(["r_20.png"]))["num_keypoints"]) == [256] and "model" in vars(lazy)
+    assert "model" in vars(actors.FeatureActor(CFG, str(tmp_path), keys, load_now=True))

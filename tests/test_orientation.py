@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,11 @@ from PIL import Image
 
 from imc_ray import evaluate
 from imc_ray.config import build_config
-from imc_ray.distributed import pipeline
-from imc_ray.stages.mapping import camera_rolls, stored_pose
+from imc_ray.distributed import gate, pipeline
+from imc_ray.stages import orientation
+from imc_ray.stages.mapping import ROLL_MAX_ELEVATION, SceneInputs, camera_rolls, scene_up, stored_pose
 from imc_ray.stages.orientation import (
+    plan_hinted,
     relative_roll,
     rematch_pairs,
     roll_suspects,
@@ -22,6 +25,7 @@ from imc_ray.stages.orientation import (
     turn_groups,
 )
 
+from . import scenes
 from .conftest import ROOT
 
 
@@ -272,6 +276,26 @@ def test_camera_rolls_on_real_reference_poses() -> None:
     assert camera_rolls(rotations) == {n: (360 - d) % 360 for n, d in turned.items()}
 
 
+@pytest.mark.parametrize("scene", [FOX, FOX.parents[1] / "nerf_synthetic" / "lego"])
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_camera_rolls_finds_a_group_turned_together(scene: Path, degrees: int) -> None:
+    """Reference poses of real photos (fox) and of renders seen from above (lego), a quarter of the photos, one
+    after the other, turned by the same angle: every one is found (the turned cameras do not sway the up), but
+    views near straight down, which have no roll to read."""
+    if not scene.is_dir():
+        pytest.skip(f"needs the development data at {scene}")
+    with open(scene / "labels.csv") as f:
+        rows = sorted(list(csv.reader(f))[1:])
+    upright = np.stack([np.array(r[1].split(";"), float).reshape(3, 3) for r in rows])
+    steep = np.abs(upright[:, 2, :] @ scene_up(upright)) > np.sin(np.radians(ROLL_MAX_ELEVATION))
+    turned = dict.fromkeys([r[0] for r in rows[3 : 3 + len(rows) // 4]], degrees)
+    rows = [_turn_gt(r, turned[r[0]]) if r[0] in turned else r for r in rows]
+    rotations = {r[0]: np.array(r[1].split(";"), float).reshape(3, 3) for r in rows}
+    seen = {r[0] for r, s in zip(rows, steep, strict=True) if not s}
+    assert len(seen & set(turned)) >= len(turned) - 1
+    assert camera_rolls(rotations) == {n: (360 - d) % 360 for n, d in turned.items() if n in seen}
+
+
 def test_pretest_passes_the_turn_of_a_turned_photo_and_no_turn_of_an_upright_one() -> None:
     """The cheap pre-test (small image, few keypoints) decides which turns get the full test."""
     if not FOX.is_dir():
@@ -294,3 +318,40 @@ def test_pretest_passes_the_turn_of_a_turned_photo_and_no_turn_of_an_upright_one
     assert reorient.pretest_turns(tiny, (w, h), partners, models, cpu) == []
     turned = rotate_image(tiny, 90)  # stored turned by 90 degrees: turning it by 270 sets it upright
     assert 270 in reorient.pretest_turns(turned, (h, w), partners, models, cpu)
+
+
+def test_hinted_images_turned_the_same_way_and_matching_each_other_are_one_group() -> None:
+    counts = {("a", "b"): 300, ("a", "x"): 40, ("b", "y"): 35, ("x", "y"): 200, ("c", "d"): 50, ("a", "c"): 90}
+    hints = {"x": 180, "y": 90, "z": 90}  # y was turned by 90 before: from the stored photo it needs 180 too
+    plan = plan_hinted(["a", "b", "c", "d", "x", "y", "z"], counts, hints, {"y": 90, "z": 270}, build_config("fast"))
+    assert [(g.members, g.turn) for g in plan] == [(("x", "y"), 180)]  # z's turns cancel out: left as it is
+    assert plan[0].probes == ("x", "y") and plan[0].partners[:2] == ("a", "b")  # the group's neighbours first
+
+
+@pytest.mark.slow
+def test_photos_the_model_shows_rolled_are_turned_and_the_scene_mapped_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real photos (part of the fox scene), two of them turned by 90 degrees in the file, which the rule
+    misses (simulated here: its plan is emptied; on renders seen from above it misses such photos for real,
+    bench/RESULTS.md). The model shows them rolled, the mapping task (gate.map_scene, no Ray) tests those turns,
+    turns both and maps again: every photo registered, none left rolled; a rerun reuses everything."""
+    if not FOX.is_dir():
+        pytest.skip(f"needs the development data at {FOX}")
+    names = sorted(p.name for p in (FOX / "images").iterdir())[::3]
+    turned = {names[2]: 90, names[5]: 90}
+    image_dir = _scene_copy(tmp_path / "in", "rolled", names, turned) / "instant_ngp" / "rolled" / "images"
+    cfg = build_config("fast", ["mapping.num_threads=1"])
+    feats = scenes.extract(sorted(image_dir.iterdir()), cfg.features)
+    layout = scenes.write_scene(tmp_path / "out", feats, scenes.match_all(feats))
+    monkeypatch.setattr(orientation, "plan_groups", lambda *args: [])
+    inputs = SceneInputs(layout, image_dir, "instant_ngp", "rolled", len(names))
+    result = gate.map_scene(inputs, cfg, cfg.mapping, {}, ())
+    assert result.error is None, result.error
+    assert result.rotated == {n: 360 - d for n, d in turned.items()}
+    assert result.rolled == {} and "first_mapping" in result.seconds
+    assert result.num_registered == len(names)
+    decision = json.loads(layout.orientation_json.read_text())
+    assert decision["hinted"] == {n: 360 - d for n, d in turned.items()} and decision["rotated"] == result.rotated
+    again = gate.map_scene(inputs, cfg, cfg.mapping, orientation.run(layout, image_dir, cfg), ())
+    assert again.reused and again.rotated == result.rotated and again.poses == result.poses

@@ -1,6 +1,7 @@
 """The stream's rows and its model-free steps (no torch here): :class:`SceneGate`, which chooses a scene's
-pairs inside the stream, and :func:`prepare_scene`, the body of the task between a scene's matching and its
-mapping (the second round of pairs, stage 4b, and the orientation check, stage 6).
+pairs inside the stream, :func:`prepare_scene`, the body of the task between a scene's matching and its
+mapping (the second round of pairs, stage 4b, and the orientation check, stage 6), and :func:`map_scene`, the
+body of the mapping task (stage 7, with a second look at the orientation when the model asks for it).
 
 After the feature actors (:mod:`imc_ray.distributed.actors`), every row of the stream has the columns of
 :data:`ROW` and a ``kind``: ``image`` (one per input image: its keypoint count or error), ``scene`` (one
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from imc_ray.config import RunConfig
+from imc_ray.config import MappingConfig, RunConfig
 from imc_ray.formats import SceneLayout, StageKeys, done_keys, write_text_atomic
-from imc_ray.stages import orientation, pairs
+from imc_ray.stages import cameras, mapping, orientation, pairs
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +148,31 @@ def prepare_scene(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[s
 
         match_second_round(scene, todo, cfg)
     return orientation.run(scene, image_dir, cfg) if cfg.matching.rotation_check else {}
+
+
+def map_scene(
+    scene: mapping.SceneInputs,
+    cfg: RunConfig,
+    map_cfg: MappingConfig,
+    rotated: dict[str, int] | None,
+    known: tuple[cameras.KnownCamera, ...],
+) -> mapping.SceneResult:
+    """Task body of a scene's mapping (:func:`mapping.run` with ``map_cfg``). When the orientation check is on
+    and the largest model shows photos rolled against the scene's up (``SceneResult.rolled``: turned photos
+    the check missed), the check tests those turns (:func:`orientation.run` with hints) and, when it turns
+    any, the scene is mapped again with them. A rerun reuses both (the hints are in ``orientation.json``)."""
+    result = mapping.run(scene, map_cfg, cfg.matching.min_matches, rotated, known)
+    if not (cfg.matching.rotation_check and result.rolled and result.error is None):
+        return result
+    turned = orientation.run(scene.layout, scene.image_dir, cfg, hints=result.rolled)
+    if turned == result.rotated:
+        return result
+    logger.info(
+        "scene %s/%s: %d photo(s) the model showed rolled turned upright; mapping again",
+        scene.dataset,
+        scene.scene,
+        len(set(turned.items()) - set(result.rotated.items())),
+    )
+    again = mapping.run(scene, map_cfg, cfg.matching.min_matches, turned, known)
+    again.seconds["first_mapping"] = sum(result.seconds.values())
+    return again

@@ -12,7 +12,7 @@ import ray
 from imc_ray import storage
 from imc_ray.config import RunConfig
 from imc_ray.distributed import guard
-from imc_ray.distributed.gate import prepare_scene
+from imc_ray.distributed.gate import map_scene, prepare_scene
 from imc_ray.distributed.progress import mapping_progress
 from imc_ray.formats import SceneLayout
 from imc_ray.stages import cameras, mapping, pairs
@@ -55,7 +55,7 @@ class SceneScheduler:
             self.map_cfg = dataclasses.replace(self.map_cfg, num_threads=cfg.compute.mapping_cpus)
         cpus = cfg.compute.mapping_cpus
         self._prepare = ray.remote(num_cpus=cpus)(prepare_scene)
-        self._map = ray.remote(num_cpus=cpus)(mapping.run)
+        self._map = ray.remote(num_cpus=cpus)(map_scene)
         self._upload = ray.remote(num_cpus=0.25)(_upload_scene)
         self._futures: list[ray.ObjectRef] = []
         self.submitted: set[SceneKey] = set()
@@ -66,13 +66,11 @@ class SceneScheduler:
         self.submitted.add(key)
         scene, layout = self.scenes[key]
         second = pairs.has_second_round(len(scene.images), self.cfg.retrieval)
-        rotated = None
+        rotated: ray.ObjectRef | None = None  # the check's {image: degrees}, when it runs
         if num_pairs and (second or self.cfg.matching.rotation_check):  # mapping waits (an ObjectRef argument)
             rotated = self._prepare.remote(layout, scene.image_dir, self.cfg)
         inputs = mapping.SceneInputs(layout, scene.image_dir, scene.dataset, scene.name, len(scene.images))
-        result = self._map.remote(  # type: ignore[call-arg]  # ray's stubs miss the defaulted arguments
-            inputs, self.map_cfg, self.cfg.matching.min_matches, rotated, self.known
-        )
+        result = self._map.remote(inputs, self.cfg, self.map_cfg, rotated, self.known)
         if self.upload_to is not None:
             result = self._upload.remote(result, layout, self.upload_to, f"{key[0]}/{key[1]}")
         self._futures.append(result)

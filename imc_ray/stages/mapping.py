@@ -498,15 +498,42 @@ ROLL_MAX_ELEVATION = 75.0
 """Degrees: cameras looking closer than this to straight up or down have no roll :func:`camera_rolls` trusts."""
 
 
+UP_CANDIDATES = 2000
+"""At most this many directions are tried as the scene's up (:func:`scene_up`): pairs of cameras, in a fixed order."""
+
+
+def scene_up(R: np.ndarray, tolerance: float = 20.0) -> np.ndarray:
+    """The scene's up (3,) from world-to-camera rotations R (N, 3, 3): the direction that the most cameras
+    hold level (x-axis within ``tolerance`` degrees of orthogonal to it) and upright (image up pointing at
+    it, views near straight down excluded), ties broken by how well image ups point at it; refined over those
+    cameras when their x-axes span the level plane. Candidates: the direction orthogonal to the x-axes of two
+    cameras, and each camera's image up. Rolled cameras (photos turned in the file) do not sway it."""
+    x, image_up = R[:, 0, :], -R[:, 1, :]  # (N, 3) each, in world coordinates
+    i, j = np.triu_indices(len(R), 1)
+    if len(i) > UP_CANDIDATES:
+        keep = np.random.default_rng(0).choice(len(i), UP_CANDIDATES, replace=False)
+        i, j = i[keep], j[keep]
+    c = np.cross(x[i], x[j])
+    norm = np.linalg.norm(c, axis=1, keepdims=True)
+    c = c[norm[:, 0] > np.sin(np.radians(10.0))] / norm[norm[:, 0] > np.sin(np.radians(10.0))]
+    cand = np.concatenate([c, -c, image_up])  # (M, 3)
+    facing = image_up @ cand.T  # (N, M)
+    holds = (np.abs(x @ cand.T) < np.sin(np.radians(tolerance))) & (facing > np.cos(np.radians(ROLL_MAX_ELEVATION)))
+    best = int(np.lexsort((np.sum(facing * holds, axis=0), holds.sum(axis=0)))[-1])
+    up = cand[best]
+    sv = np.linalg.svd(x[holds[:, best]])
+    if len(sv[1]) == 3 and sv[1][2] < 0.5 * sv[1][1]:  # the level x-axes span a plane: its normal
+        up = sv[2][-1] * np.sign(sv[2][-1] @ up)
+    return up
+
+
 def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> dict[str, int]:
     """Registered images whose camera is rolled by about 90, 180 or 270 degrees against the scene's up: photos
     turned in the file that the orientation check missed (image -> the turn that would set it upright, as in
     ``SceneResult.rotated``). Empty unless most cameras are upright.
 
-    The scene's up is the direction most orthogonal to every camera's x-axis (image rows are level in most
-    photos), its sign the one most cameras' y-axes (image down) point against. A camera's roll is the angle
-    of that up in its image; views within ``90 - ROLL_MAX_ELEVATION`` degrees of straight down or up are
-    skipped.
+    The scene's up: :func:`scene_up` (image rows are level in most photos). A camera's roll is the angle of
+    that up in its image; views within ``90 - ROLL_MAX_ELEVATION`` degrees of straight down or up are skipped.
 
     rotations: image name -> world-to-camera rotation (3, 3).
     """
@@ -514,10 +541,7 @@ def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> d
         return {}
     names = sorted(rotations)
     R = np.stack([np.asarray(rotations[n], np.float64).reshape(3, 3) for n in names])  # (N, 3, 3)
-    up = np.linalg.svd(R[:, 0, :])[2][-1]  # (3,)
-    if np.median(R[:, 1, :] @ up) > 0:
-        up = -up
-    u = R @ up  # (N, 3): the scene's up in each camera's frame
+    u = R @ scene_up(R, tolerance)  # (N, 3): the scene's up in each camera's frame
     roll = np.degrees(np.arctan2(u[:, 0], -u[:, 1])) % 360.0
     turn = np.round(roll / 90.0).astype(int) % 4
     off = np.abs((roll + 45.0) % 90.0 - 45.0)

@@ -28,6 +28,10 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      again (:func:`rematch_pairs`; the test's own matches are reused); its other pairs are stored empty.
      The COLMAP model holds the upright image too; the mapping stage turns its pose back to the photo
      as stored for the submission (:func:`mapping.stored_pose`).
+  4. hints (:func:`run`, :func:`plan_hinted`): a group turned together on an object seen from above can keep
+     hundreds of matches, and the rule misses it; the model then shows those cameras rolled against the
+     scene's up (:func:`mapping.camera_rolls`), and the mapping task tests exactly those turns (step 3 with
+     ``ROLL_ACCEPT_FACTOR``) and maps again when one wins.
 Replacements are written as override shards in ``shards/<kind>-<key>/rotated/`` (read after the
 regular shards, see :func:`formats.read_shards_with_overrides`), and ``orientation.json`` records the
 decision; a rerun with the same key reuses it.
@@ -46,12 +50,14 @@ import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from imc_ray.config import RunConfig
 from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
+    Features,
     SceneLayout,
     matches_from_table,
     read_features_h5,
@@ -62,12 +68,13 @@ from imc_ray.stages import pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v6"
+RULE_VERSION = "v7"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
 v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
 v5: a component of well-matched pairs is split by the turns its pairs show. v6: a suspect's partners are its
-neighbours first (the scene's best-matched images may not overlap it)."""
+neighbours first (the scene's best-matched images may not overlap it). v7: hints from the model (the decision
+records ``hinted``; override shards sort in the order written)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -356,44 +363,128 @@ def _group_partners(
     return sorted(outside, key=lambda n: (-to_probes[n], -total[n], n))[:k]
 
 
-def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig) -> dict[str, int]:
-    """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
-    Returns image -> degrees for the images that were turned (empty for most scenes)."""
-    t0 = time.perf_counter()
-    record = scene.orientation_json
+def plan_hinted(
+    names: list[str],
+    counts: dict[tuple[str, str], int],
+    hints: dict[str, int],
+    rotated: dict[str, int],
+    cfg: RunConfig,
+) -> list[Group]:
+    """What the check tests for the images a model shows rolled (``hints``: image -> the turn that sets its
+    features upright, :func:`mapping.camera_rolls`), on top of the turns already made (``rotated``: image ->
+    degrees from the stored photo). Hinted images with the same turn from the stored photo that match each
+    other form one group (turned together), probed by its :data:`GROUP_PROBES` best-matched members against
+    the images outside the hints with the most matches to them. Each group's turn is the one tested (from
+    the stored photo, as :func:`rotate_image`); an image whose turns cancel out is left as it is."""
     m = cfg.matching
+    total: dict[str, int] = defaultdict(int)
+    for (a, b), n in counts.items():
+        total[a] += n
+        total[b] += n
+    turn = {n: (rotated.get(n, 0) + t) % 360 for n, t in hints.items() if n in names}
+    plan: list[Group] = []
+    for deg in sorted(set(turn.values()) - {0}):
+        same = sorted(n for n, t in turn.items() if t == deg)
+        edges = [(a, b) for (a, b), n in counts.items() if n >= m.rotation_min_matches and a in same and b in same]
+        for part in _components(same, edges):
+            group = sorted(part, key=lambda n: (-total[n], n))
+            probes = group[:GROUP_PROBES]
+            if partners := _group_partners(probes, set(hints), names, counts, total, m.rotation_partners):
+                plan.append(Group(tuple(group), tuple(probes), tuple(partners), deg))
+    return plan
+
+
+def decision_key(scene: SceneLayout, cfg: RunConfig) -> str:
+    """The key of a scene's decision: the rule, the matches' key, the pairs matched and the check's settings.
+    Hints (:func:`run`) are not part of it: a rerun reuses the decision they extended."""
     assert scene.keys is not None
+    m = cfg.matching
     chosen_files = [f.read_bytes() for f in (scene.pairs_txt, scene.pairs_round2_txt) if f.is_file()]
     digest = hashlib.sha1(b"\0".join(chosen_files)).hexdigest()[:12]  # the decision depends on the pairs
     settings = f"{m.rotation_min_matches}-{m.rotation_min_ratio}-{m.rotation_partners}"
-    key = f"{RULE_VERSION}-{scene.keys.matches}-{digest}-{settings}"
-    if record.exists():
-        saved = json.loads(record.read_text())
-        if saved.get("key") == key:
-            return {k: int(v) for k, v in saved["rotated"].items()}
-    for kind in ("features", "matches"):  # overrides of another orientation decision never survive
-        shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
+    return f"{RULE_VERSION}-{scene.keys.matches}-{digest}-{settings}"
+
+
+Matches = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+"""(name0, name1) with name0 < name1 -> (indices (M, 2), scores (M,)), as :func:`matching.match_pair` gives."""
+State = tuple[dict[str, Features], Matches, dict[tuple[str, str], int]]
+"""A scene's features, matches and number of matches per pair (:func:`_scene_now`)."""
+
+
+def _scene_now(scene: SceneLayout, cfg: RunConfig) -> State:
+    """The scene's features and matches now (the override shards of earlier turns included), restricted to
+    this run's pairs, and the number of matches of each pair."""
     feats = read_features_h5(scene.features_h5)
     chosen = pairs.chosen_pairs(scene, feats)  # this run's pairs, not those of earlier pair settings
     matches = matches_from_table(read_shards(scene.match_shards, MATCH_SHARD_SCHEMA))
     matches = {pair: v for pair, v in matches.items() if chosen is None or pair in chosen}
-    counts = {pair: len(idx) for pair, (idx, _) in matches.items()}
+    return feats, matches, {pair: len(idx) for pair, (idx, _) in matches.items()}
+
+
+def _fix(scene: SceneLayout, image_dir: Path, cfg: RunConfig, state: State, plan: list[Group]) -> dict[str, int]:
+    """:func:`reorient.fix` of ``plan`` (nothing when empty); a failure is logged and turns nothing."""
+    if not plan:
+        return {}
+    feats, matches, counts = state
+    try:
+        from imc_ray.stages import reorient  # torch and the models: only for a scene with suspects
+
+        return reorient.fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan)
+    except Exception:
+        logger.exception("%s: orientation check failed; mapping goes on without it", scene.root)
+        return {}
+
+
+def _first_check(scene: SceneLayout, image_dir: Path, cfg: RunConfig, key: str) -> dict[str, Any]:
+    """Steps 1-3 of the rule on a scene with no decision of this key; writes and returns the decision."""
+    t0 = time.perf_counter()
+    for kind in ("features", "matches"):  # overrides of another orientation decision never survive
+        shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
+    feats, matches, counts = state = _scene_now(scene, cfg)
+    m = cfg.matching
     rolls = {
         (a, b): relative_roll(feats[a].keypoints, feats[b].keypoints, idx)
         for (a, b), (idx, _) in matches.items()
         if a in feats and b in feats and len(idx) >= m.rotation_min_matches
     }
     plan = plan_groups(sorted(feats), counts, rolls, cfg)
-    rotated: dict[str, int] = {}
-    if plan:
-        try:
-            from imc_ray.stages import reorient  # torch and the models: only for a scene with suspects
-
-            rotated = reorient.fix(scene, image_dir, cfg, sorted(matches), feats, counts, plan)
-        except Exception:
-            logger.exception("%s: orientation check failed; mapping goes on without it", scene.root)
+    rotated = _fix(scene, image_dir, cfg, state, plan)
     suspects = sorted(g.members[0] for g in plan if len(g.members) == 1)
     groups = [list(g.members) for g in plan if len(g.members) > 1]
-    decision = {"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}
-    write_text_atomic(record, json.dumps({**decision, "seconds": round(time.perf_counter() - t0, 3)}))
-    return rotated
+    decision: dict[str, Any] = {"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}
+    decision.update(hinted={}, seconds=round(time.perf_counter() - t0, 3))
+    write_text_atomic(scene.orientation_json, json.dumps(decision))
+    return decision
+
+
+def _hint_check(
+    scene: SceneLayout, image_dir: Path, cfg: RunConfig, decision: dict[str, Any], hints: dict[str, int]
+) -> dict[str, Any]:
+    """Test the turns of ``hints`` (:func:`plan_hinted`) on top of ``decision``; writes and returns it extended."""
+    t0 = time.perf_counter()
+    state = _scene_now(scene, cfg)
+    rotated = {k: int(v) for k, v in decision["rotated"].items()}
+    plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg)
+    rotated.update(_fix(scene, image_dir, cfg, state, plan))
+    decision = {**decision, "rotated": rotated}
+    decision["hinted"] = {**decision["hinted"], **hints}
+    decision["seconds"] = round(decision["seconds"] + time.perf_counter() - t0, 3)
+    write_text_atomic(scene.orientation_json, json.dumps(decision))
+    return decision
+
+
+def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig, hints: dict[str, int] | None = None) -> dict[str, int]:
+    """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
+    hints: images that a model of the scene shows rolled (image -> turn, :func:`mapping.camera_rolls`): those
+    not tested before are tested with that turn (:func:`plan_hinted`) after the decision of the rule.
+    Returns image -> degrees for the images that were turned (empty for most scenes)."""
+    key = decision_key(scene, cfg)
+    decision = None
+    if scene.orientation_json.exists():
+        decision = json.loads(scene.orientation_json.read_text())
+        decision = decision if decision.get("key") == key and "hinted" in decision else None
+    if decision is None:
+        decision = _first_check(scene, image_dir, cfg, key)
+    if new := {n: int(t) for n, t in (hints or {}).items() if n not in decision["hinted"]}:
+        decision = _hint_check(scene, image_dir, cfg, decision, new)
+    return {k: int(v) for k, v in decision["rotated"].items()}

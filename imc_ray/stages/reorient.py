@@ -16,7 +16,7 @@ import torch
 from imc_ray.config import RunConfig
 from imc_ray.formats import Features, SceneLayout, consolidate_features, feature_rows, match_rows, write_shard
 from imc_ray.stages import catalog, features, matching, orientation
-from imc_ray.stages.orientation import ACCEPT_FACTOR, ROLL_ACCEPT_FACTOR, ROTATIONS, Group, rotate_image
+from imc_ray.stages.orientation import ACCEPT_FACTOR, ROLL_ACCEPT_FACTOR, ROTATIONS, Group, Matches, rotate_image
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,6 @@ def _turned(image_dir: Path, name: str, cfg: RunConfig, models: _Models, turns: 
         f = features.extract(models.aliked, [rotate_image(small, deg)], [size], models.device)[0]
         out[deg] = f if mask is None else features.drop_masked(f, rotate_image(mask, deg))
     return out
-
-
-Matches = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
-"""(name0, name1) with name0 < name1 -> (indices (M, 2), scores (M,)), as :func:`matching.match_pair` gives."""
 
 
 def _test_group(
