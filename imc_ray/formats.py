@@ -36,7 +36,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
   ``scene.json`` → ``rolled`` (also ``run.json`` → ``scenes.*.rolled``, optional: absent in older files):
   images of ``sparse/0`` whose camera is rolled by about 90, 180 or 270 degrees against the scene's up, i.e.
   photos turned in the file that the orientation check missed (image -> the turn that would set it upright,
-  as in ``rotated``; ``mapping.camera_rolls``).
+  as in ``rotated``; ``mapping.camera_turns``). ``scene.json`` → ``upright`` (optional): images of ``sparse/0``
+  whose camera is upright against that up (the partners the orientation check tests ``rolled`` against).
 
 ``global.h5``, group ``/<image name>``: ``global_descriptor`` float32 (D,), L2-normalised.
 

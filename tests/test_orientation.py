@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -322,15 +323,27 @@ def test_pretest_passes_the_turn_of_a_turned_photo_and_no_turn_of_an_upright_one
 
 def test_hinted_images_turned_the_same_way_and_matching_each_other_are_one_group() -> None:
     counts = {("a", "b"): 300, ("a", "x"): 40, ("b", "y"): 35, ("x", "y"): 200, ("c", "d"): 50, ("a", "c"): 90}
-    hints = {"x": 180, "y": 90, "z": 90}  # y was turned by 90 before: from the stored photo it needs 180 too
-    plan = plan_hinted(["a", "b", "c", "d", "x", "y", "z"], counts, hints, {"y": 90, "z": 270}, build_config("fast"))
+    rolled = {"x": 180, "y": 90, "z": 90}  # y was turned by 90 before: from the stored photo it needs 180 too
+    names, cfg = ["a", "b", "c", "d", "x", "y", "z"], build_config("fast")
+    plan = plan_hinted(names, counts, orientation.Hints(rolled), {"y": 90, "z": 270}, cfg)
     assert [(g.members, g.turn) for g in plan] == [(("x", "y"), 180)]  # z's turns cancel out: left as it is
-    assert plan[0].probes == ("x", "y") and plan[0].partners[:2] == ("a", "b")  # the group's neighbours first
+    assert plan[0].probes == ("x", "y") and plan[0].partners[:2] == ("a", "b")  # no centres: best-matched first
+
+
+def test_a_hinted_group_is_tested_against_the_nearest_cameras_the_model_shows_upright() -> None:
+    """Renders seen from above: a turned view matches views from elsewhere on the ring, and a turned photo
+    the model did not flag (w) matches the group best; neither is a partner."""
+    counts = {("x", "y"): 200, ("w", "x"): 400, ("w", "y"): 380, ("far", "x"): 300, ("a", "x"): 40, ("b", "y"): 20}
+    names = ["a", "b", "c", "far", "w", "x", "y"]
+    centers = {n: np.array([float(i), 0.0, 0.0]) for i, n in enumerate(["x", "y", "w", "b", "c", "a", "far"])}
+    hints = orientation.Hints({"x": 180, "y": 180}, frozenset({"a", "b", "c", "far", "x"}), centers)
+    plan = plan_hinted(names, counts, hints, {}, build_config("fast"))
+    assert [(g.members, g.partners) for g in plan] == [(("x", "y"), ("b", "c", "a"))]
 
 
 @pytest.mark.slow
 def test_photos_the_model_shows_rolled_are_turned_and_the_scene_mapped_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Real photos (part of the fox scene), two of them turned by 90 degrees in the file, which the rule
     misses (simulated here: its plan is emptied; on renders seen from above it misses such photos for real,
@@ -346,10 +359,13 @@ def test_photos_the_model_shows_rolled_are_turned_and_the_scene_mapped_again(
     layout = scenes.write_scene(tmp_path / "out", feats, scenes.match_all(feats))
     monkeypatch.setattr(orientation, "plan_groups", lambda *args: [])
     inputs = SceneInputs(layout, image_dir, "instant_ngp", "rolled", len(names))
-    result = gate.map_scene(inputs, cfg, cfg.mapping, {}, ())
+    with caplog.at_level(logging.WARNING):
+        result = gate.map_scene(inputs, cfg, cfg.mapping, {}, ())  # tested against the nearest upright cameras
     assert result.error is None, result.error
+    assert "rolled by 90, 180 or 270" not in caplog.text  # warned of the final result only: none left rolled
     assert result.rotated == {n: 360 - d for n, d in turned.items()}
     assert result.rolled == {} and "first_mapping" in result.seconds
+    assert set(result.upright) == set(names)  # the turned two included, now upright
     assert result.num_registered == len(names)
     decision = json.loads(layout.orientation_json.read_text())
     assert decision["hinted"] == {n: 360 - d for n, d in turned.items()} and decision["rotated"] == result.rotated

@@ -160,11 +160,27 @@ def map_scene(
     """Task body of a scene's mapping (:func:`mapping.run` with ``map_cfg``). When the orientation check is on
     and the largest model shows photos rolled against the scene's up (``SceneResult.rolled``: turned photos
     the check missed), the check tests those turns (:func:`orientation.run` with hints) and, when it turns
-    any, the scene is mapped again with them. A rerun reuses both (the hints are in ``orientation.json``)."""
+    any, the scene is mapped again with them. A rerun reuses both (the hints are in ``orientation.json``).
+    What a user should know of the final result is logged (:func:`mapping.warn`)."""
     result = mapping.run(scene, map_cfg, cfg.matching.min_matches, rotated, known)
-    if not (cfg.matching.rotation_check and result.rolled and result.error is None):
-        return result
-    turned = orientation.run(scene.layout, scene.image_dir, cfg, hints=result.rolled)
+    if cfg.matching.rotation_check and result.rolled and result.error is None:
+        result = _map_turned(scene, cfg, map_cfg, result, known)
+    mapping.warn(result, f"{scene.dataset}/{scene.scene}")
+    return result
+
+
+def _map_turned(
+    scene: mapping.SceneInputs,
+    cfg: RunConfig,
+    map_cfg: MappingConfig,
+    result: mapping.SceneResult,
+    known: tuple[cameras.KnownCamera, ...],
+) -> mapping.SceneResult:
+    """The second look of :func:`map_scene`: ``result``'s rolled photos tested, and the scene mapped again
+    when any is turned (else ``result``)."""
+    centers = {n: -np.reshape(R, (3, 3)).T @ np.asarray(t) for n, (R, t) in result.poses.items()}  # any roll
+    hints = orientation.Hints(result.rolled, frozenset(result.upright), centers)
+    turned = orientation.run(scene.layout, scene.image_dir, cfg, hints)
     if turned == result.rotated:
         return result
     logger.info(

@@ -60,7 +60,10 @@ class SceneResult:
     """Images found turned and matched again upright (image -> degrees, see ``stages/orientation``)."""
     rolled: dict[str, int] = field(default_factory=dict)
     """Images of the largest model whose camera is rolled by about 90, 180 or 270 degrees against the scene's
-    up (:func:`camera_rolls`): photos turned in the file that the orientation check missed."""
+    up (:func:`camera_turns`): photos turned in the file that the orientation check missed."""
+    upright: list[str] = field(default_factory=list)
+    """Images of the largest model whose camera is upright against the scene's up (:func:`camera_turns`): the
+    partners the orientation check trusts when it tests ``rolled``."""
     attempts: dict[str, int] = field(default_factory=dict)
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
     principal_point: str = ""
@@ -527,13 +530,14 @@ def scene_up(R: np.ndarray, tolerance: float = 20.0) -> np.ndarray:
     return up
 
 
-def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> dict[str, int]:
-    """Registered images whose camera is rolled by about 90, 180 or 270 degrees against the scene's up: photos
-    turned in the file that the orientation check missed (image -> the turn that would set it upright, as in
-    ``SceneResult.rotated``). Empty unless most cameras are upright.
+def camera_turns(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> dict[str, int]:
+    """Registered images whose camera is within ``tolerance`` degrees of a roll of 0, 90, 180 or 270 degrees
+    against the scene's up: image -> the turn that would set it upright (0: upright; else a photo turned in
+    the file that the orientation check missed, as in ``SceneResult.rotated``). Empty unless most cameras
+    are upright.
 
     The scene's up: :func:`scene_up` (image rows are level in most photos). A camera's roll is the angle of
-    that up in its image; views within ``90 - ROLL_MAX_ELEVATION`` degrees of straight down or up are skipped.
+    that up in its image; views within ``90 - ROLL_MAX_ELEVATION`` degrees of straight down or up are left out.
 
     rotations: image name -> world-to-camera rotation (3, 3).
     """
@@ -549,7 +553,12 @@ def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> d
     sure = level & (off < tolerance)
     if np.sum(sure & (turn == 0)) <= 0.5 * np.sum(level):
         return {}
-    return {n: 90 * int(k) for n, k, ok in zip(names, turn, sure, strict=True) if ok and k}
+    return {n: 90 * int(k) for n, k, ok in zip(names, turn, sure, strict=True) if ok}
+
+
+def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> dict[str, int]:
+    """The rolled images of :func:`camera_turns` (turn 90, 180 or 270)."""
+    return {n: t for n, t in camera_turns(rotations, tolerance).items() if t}
 
 
 def inputs_digest(
@@ -617,7 +626,6 @@ def run(
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
         _fill_poses(result, models, len(features), layout.database, cfg)
         result.pairs = pair_accounting(layout, features, len(matches), result.num_verified_pairs, _first(models))
-        _warn(result, name)
     except Exception as exc:
         logger.exception("scene %s: mapping failed", name)
         result.error = f"{type(exc).__name__}: {exc}"
@@ -625,8 +633,9 @@ def run(
     return result
 
 
-def _warn(result: SceneResult, name: str) -> None:
-    """Log what a user should know about a mapped scene: a fallback's note, photos that look turned."""
+def warn(result: SceneResult, name: str) -> None:
+    """Log what a user should know about a mapped scene (its final result): a fallback's note, photos that
+    look turned."""
     if result.note:
         logger.warning("scene %s: %s", name, result.note)
     if result.rolled:
@@ -707,7 +716,9 @@ def _fill_poses(
     else:
         result.note = "no model: no image pair passed geometric verification (do the images overlap?)"
     if models:
-        result.rolled = camera_rolls({n: np.reshape(R, (3, 3)) for n, (R, _) in posed[0].items()})
+        turns = camera_turns({n: np.reshape(R, (3, 3)) for n, (R, _) in posed[0].items()})
+        result.rolled = {n: t for n, t in turns.items() if t}
+        result.upright = sorted(n for n, t in turns.items() if not t)
     result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
 
 

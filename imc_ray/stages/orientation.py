@@ -30,8 +30,8 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      as stored for the submission (:func:`mapping.stored_pose`).
   4. hints (:func:`run`, :func:`plan_hinted`): a group turned together on an object seen from above can keep
      hundreds of matches, and the rule misses it; the model then shows those cameras rolled against the
-     scene's up (:func:`mapping.camera_rolls`), and the mapping task tests exactly those turns (step 3 with
-     ``ROLL_ACCEPT_FACTOR``) and maps again when one wins.
+     scene's up (:func:`mapping.camera_turns`), and the mapping task tests exactly those turns (step 3 with
+     ``ROLL_ACCEPT_FACTOR``, against the nearest cameras the model shows upright) and maps again when one wins.
 Replacements are written as override shards in ``shards/<kind>-<key>/rotated/`` (read after the
 regular shards, see :func:`formats.read_shards_with_overrides`), and ``orientation.json`` records the
 decision; a rerun with the same key reuses it.
@@ -68,13 +68,14 @@ from imc_ray.stages import pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v7"
+RULE_VERSION = "v8"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
 v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
 v5: a component of well-matched pairs is split by the turns its pairs show. v6: a suspect's partners are its
 neighbours first (the scene's best-matched images may not overlap it). v7: hints from the model (the decision
-records ``hinted``; override shards sort in the order written)."""
+records ``hinted``; override shards sort in the order written). v8: a hinted group's partners are the cameras
+the model shows upright nearest to its own (its best-matched images made the test fail)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -363,34 +364,60 @@ def _group_partners(
     return sorted(outside, key=lambda n: (-to_probes[n], -total[n], n))[:k]
 
 
+@dataclasses.dataclass(frozen=True)
+class Hints:
+    """What the largest model of a scene shows (:func:`mapping.camera_turns`), for :func:`plan_hinted`.
+
+    rolled: image -> the turn that sets its features upright; upright: images whose camera is upright;
+    centers: image -> camera centre (3,) in the model's frame, for its registered images."""
+
+    rolled: dict[str, int]
+    upright: frozenset[str] = frozenset()
+    centers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def _nearest_upright(probes: tuple[str, ...], hints: Hints, k: int) -> list[str]:
+    """The ``k`` images the model shows upright whose cameras are nearest to a probe's (none without centres)."""
+    if any(p not in hints.centers for p in probes):
+        return []
+    near = [n for n in hints.upright if n in hints.centers and n not in hints.rolled]
+    gap = {n: min(float(np.linalg.norm(hints.centers[n] - hints.centers[p])) for p in probes) for n in near}
+    return sorted(near, key=lambda n: (gap[n], n))[:k]
+
+
 def plan_hinted(
     names: list[str],
     counts: dict[tuple[str, str], int],
-    hints: dict[str, int],
+    hints: Hints,
     rotated: dict[str, int],
     cfg: RunConfig,
 ) -> list[Group]:
-    """What the check tests for the images a model shows rolled (``hints``: image -> the turn that sets its
-    features upright, :func:`mapping.camera_rolls`), on top of the turns already made (``rotated``: image ->
-    degrees from the stored photo). Hinted images with the same turn from the stored photo that match each
-    other form one group (turned together), probed by its :data:`GROUP_PROBES` best-matched members against
-    the images outside the hints with the most matches to them. Each group's turn is the one tested (from
-    the stored photo, as :func:`rotate_image`); an image whose turns cancel out is left as it is."""
+    """What the check tests for the images a model shows rolled (``hints.rolled``), on top of the turns
+    already made (``rotated``: image -> degrees from the stored photo). Hinted images with the same turn from
+    the stored photo that match each other form one group (turned together), probed by its
+    :data:`GROUP_PROBES` best-matched members against the cameras the model shows upright nearest to theirs
+    (the images with the most matches to them can be views from elsewhere that look like the turned photo,
+    or turned photos the model did not flag; without centres: the images outside the hints with the most
+    matches). Each group's turn is the one tested (from the stored photo, as :func:`rotate_image`); an image
+    whose turns cancel out is left as it is."""
     m = cfg.matching
     total: dict[str, int] = defaultdict(int)
     for (a, b), n in counts.items():
         total[a] += n
         total[b] += n
-    turn = {n: (rotated.get(n, 0) + t) % 360 for n, t in hints.items() if n in names}
+    turn = {n: (rotated.get(n, 0) + t) % 360 for n, t in hints.rolled.items() if n in names}
     plan: list[Group] = []
     for deg in sorted(set(turn.values()) - {0}):
         same = sorted(n for n, t in turn.items() if t == deg)
         edges = [(a, b) for (a, b), n in counts.items() if n >= m.rotation_min_matches and a in same and b in same]
         for part in _components(same, edges):
             group = sorted(part, key=lambda n: (-total[n], n))
-            probes = group[:GROUP_PROBES]
-            if partners := _group_partners(probes, set(hints), names, counts, total, m.rotation_partners):
-                plan.append(Group(tuple(group), tuple(probes), tuple(partners), deg))
+            probes = tuple(group[:GROUP_PROBES])
+            partners = _nearest_upright(probes, hints, m.rotation_partners) or _group_partners(
+                list(probes), set(hints.rolled), names, counts, total, m.rotation_partners
+            )
+            if partners:
+                plan.append(Group(tuple(group), probes, tuple(partners), deg))
     return plan
 
 
@@ -458,7 +485,11 @@ def _first_check(scene: SceneLayout, image_dir: Path, cfg: RunConfig, key: str) 
 
 
 def _hint_check(
-    scene: SceneLayout, image_dir: Path, cfg: RunConfig, decision: dict[str, Any], hints: dict[str, int]
+    scene: SceneLayout,
+    image_dir: Path,
+    cfg: RunConfig,
+    decision: dict[str, Any],
+    hints: Hints,
 ) -> dict[str, Any]:
     """Test the turns of ``hints`` (:func:`plan_hinted`) on top of ``decision``; writes and returns it extended."""
     t0 = time.perf_counter()
@@ -467,16 +498,21 @@ def _hint_check(
     plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg)
     rotated.update(_fix(scene, image_dir, cfg, state, plan))
     decision = {**decision, "rotated": rotated}
-    decision["hinted"] = {**decision["hinted"], **hints}
+    decision["hinted"] = {**decision["hinted"], **hints.rolled}
     decision["seconds"] = round(decision["seconds"] + time.perf_counter() - t0, 3)
     write_text_atomic(scene.orientation_json, json.dumps(decision))
     return decision
 
 
-def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig, hints: dict[str, int] | None = None) -> dict[str, int]:
+def run(
+    scene: SceneLayout,
+    image_dir: Path,
+    cfg: RunConfig,
+    hints: Hints | None = None,
+) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
-    hints: images that a model of the scene shows rolled (image -> turn, :func:`mapping.camera_rolls`): those
-    not tested before are tested with that turn (:func:`plan_hinted`) after the decision of the rule.
+    hints: what a model of the scene shows (:class:`Hints`): the rolled images not tested before are tested
+    with their turn (:func:`plan_hinted`) after the decision of the rule.
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
     key = decision_key(scene, cfg)
     decision = None
@@ -485,6 +521,6 @@ def run(scene: SceneLayout, image_dir: Path, cfg: RunConfig, hints: dict[str, in
         decision = decision if decision.get("key") == key and "hinted" in decision else None
     if decision is None:
         decision = _first_check(scene, image_dir, cfg, key)
-    if new := {n: int(t) for n, t in (hints or {}).items() if n not in decision["hinted"]}:
-        decision = _hint_check(scene, image_dir, cfg, decision, new)
+    if hints and (new := {n: int(t) for n, t in hints.rolled.items() if n not in decision["hinted"]}):
+        decision = _hint_check(scene, image_dir, cfg, decision, dataclasses.replace(hints, rolled=new))
     return {k: int(v) for k, v in decision["rotated"].items()}
