@@ -15,7 +15,7 @@ from imc_ray import evaluate
 from imc_ray.config import build_config
 from imc_ray.distributed import gate, pipeline
 from imc_ray.stages import orientation
-from imc_ray.stages.mapping import ROLL_MAX_ELEVATION, SceneInputs, camera_rolls, scene_up, stored_pose
+from imc_ray.stages.mapping import ROLL_MAX_ELEVATION, SceneInputs, camera_turns, scene_up, stored_pose
 from imc_ray.stages.orientation import (
     plan_hinted,
     relative_roll,
@@ -242,6 +242,11 @@ def _look_at(centre: np.ndarray, up: np.ndarray) -> np.ndarray:
     x = np.cross(z, up)  # image right; image down (y) = z x x points against up
     x /= np.linalg.norm(x)
     return np.stack([x, np.cross(z, x), z])
+
+
+def camera_rolls(rotations: dict[str, np.ndarray]) -> dict[str, int]:
+    """The rolled cameras of :func:`camera_turns`, as ``SceneResult.rolled`` keeps them."""
+    return {n: t for n, t in camera_turns(rotations).items() if t}
 
 
 def test_camera_rolls_finds_the_cameras_turned_against_the_scene_up() -> None:

@@ -498,7 +498,7 @@ def stored_pose(pose: tuple[list[float], list[float]], turn: int) -> tuple[list[
 
 
 ROLL_MAX_ELEVATION = 75.0
-"""Degrees: cameras looking closer than this to straight up or down have no roll :func:`camera_rolls` trusts."""
+"""Degrees: cameras looking closer than this to straight up or down have no roll :func:`camera_turns` trusts."""
 
 
 UP_CANDIDATES = 2000
@@ -554,11 +554,6 @@ def camera_turns(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> d
     if np.sum(sure & (turn == 0)) <= 0.5 * np.sum(level):
         return {}
     return {n: 90 * int(k) for n, k, ok in zip(names, turn, sure, strict=True) if ok}
-
-
-def camera_rolls(rotations: dict[str, np.ndarray], tolerance: float = 20.0) -> dict[str, int]:
-    """The rolled images of :func:`camera_turns` (turn 90, 180 or 270)."""
-    return {n: t for n, t in camera_turns(rotations, tolerance).items() if t}
 
 
 def inputs_digest(
