@@ -22,6 +22,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
         scene.json                 mapping summary of the scene
         orientation.json           the orientation check's decision: key, suspects, groups, rotated (image -> degrees),
                                    hinted (image -> turn: the model's rolled photos tested after mapping),
+                                   outside (images left out of the largest model, tested at every turn after
+                                   mapping),
                                    seconds (the check's time, both passes)
 
 ``features.h5`` (hloc layout), group ``/<image name>``:
@@ -38,6 +40,8 @@ Output tree of ``imc-ray run INPUT OUTPUT``::
   photos turned in the file that the orientation check missed (image -> the turn that would set it upright,
   as in ``rotated``; ``mapping.camera_turns``). ``scene.json`` → ``upright`` (optional): images of ``sparse/0``
   whose camera is upright against that up (the partners the orientation check tests ``rolled`` against).
+  ``scene.json`` → ``outside`` (optional, not in clusters mode): the images without a pose while a model
+  exists, one list per model not joined to the largest, then one of the images in no model.
 
 ``global.h5``, group ``/<image name>``: ``global_descriptor`` float32 (D,), L2-normalised.
 

@@ -82,10 +82,16 @@ def test_joined_model_counts_in_the_poses_and_in_its_targets_cluster(tmp_path: P
     from imc_ray.stages import mapping
 
     rec, db_path = _scene(tmp_path)
-    big, small, _ = _split(rec)
+    big, small, second = _split(rec)
     joined = [asdict(j) for j in join.join_models([big, small], db_path)]
+    names = sorted(image.name for image in rec.images.values())
+    assert len(names) == NUM_IMAGES
     for clusters in (False, True):
         result = mapping.SceneResult("synthetic", "scene", NUM_IMAGES, joined=joined)
-        mapping._fill_poses(result, [big, small], NUM_IMAGES, db_path, MappingConfig(clusters=clusters))
-        assert result.model_sizes == [7, 5] and result.num_registered == NUM_IMAGES
+        mapping._fill_poses(result, [big, small], names, db_path, MappingConfig(clusters=clusters))
+        assert result.model_sizes == [7, 5] and result.num_registered == NUM_IMAGES and result.outside == []
         assert result.clusters is None if not clusters else set(result.clusters.values()) == {0}
+    apart = mapping.SceneResult("synthetic", "scene", NUM_IMAGES)  # not joined: the smaller model is outside
+    mapping._fill_poses(apart, [big, small], [*names, "lost.png"], db_path, MappingConfig())
+    assert apart.num_registered == 7
+    assert apart.outside == [sorted(second), ["lost.png"]]

@@ -159,11 +159,12 @@ def map_scene(
 ) -> mapping.SceneResult:
     """Task body of a scene's mapping (:func:`mapping.run` with ``map_cfg``). When the orientation check is on
     and the largest model shows photos rolled against the scene's up (``SceneResult.rolled``: turned photos
-    the check missed), the check tests those turns (:func:`orientation.run` with hints) and, when it turns
-    any, the scene is mapped again with them. A rerun reuses both (the hints are in ``orientation.json``).
-    What a user should know of the final result is logged (:func:`mapping.warn`)."""
+    the check missed) or leaves photos out (``SceneResult.outside``), the check tests those turns
+    (:func:`orientation.run` with hints) and, when it turns any, the scene is mapped again with them. A rerun
+    reuses both (the hints are in ``orientation.json``). What a user should know of the final result is logged
+    (:func:`mapping.warn`)."""
     result = mapping.run(scene, map_cfg, cfg.matching.min_matches, rotated, known)
-    if cfg.matching.rotation_check and result.rolled and result.error is None:
+    if cfg.matching.rotation_check and (result.rolled or result.outside) and result.error is None:
         result = _map_turned(scene, cfg, map_cfg, result, known)
     mapping.warn(result, f"{scene.dataset}/{scene.scene}")
     return result
@@ -176,15 +177,16 @@ def _map_turned(
     result: mapping.SceneResult,
     known: tuple[cameras.KnownCamera, ...],
 ) -> mapping.SceneResult:
-    """The second look of :func:`map_scene`: ``result``'s rolled photos tested, and the scene mapped again
+    """The second look of :func:`map_scene`: ``result``'s rolled and outside photos tested, and the scene mapped again
     when any is turned (else ``result``)."""
     centers = {n: -np.reshape(R, (3, 3)).T @ np.asarray(t) for n, (R, t) in result.poses.items()}  # any roll
-    hints = orientation.Hints(result.rolled, frozenset(result.upright), centers)
+    outside = tuple(tuple(part) for part in result.outside)
+    hints = orientation.Hints(result.rolled, frozenset(result.upright), centers, outside)
     turned = orientation.run(scene.layout, scene.image_dir, cfg, hints)
     if turned == result.rotated:
         return result
     logger.info(
-        "scene %s/%s: %d photo(s) the model showed rolled turned upright; mapping again",
+        "scene %s/%s: %d photo(s) rolled in or left out of the model turned upright; mapping again",
         scene.dataset,
         scene.scene,
         len(set(turned.items()) - set(result.rotated.items())),

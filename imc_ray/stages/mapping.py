@@ -64,6 +64,10 @@ class SceneResult:
     upright: list[str] = field(default_factory=list)
     """Images of the largest model whose camera is upright against the scene's up (:func:`camera_turns`): the
     partners the orientation check trusts when it tests ``rolled``."""
+    outside: list[list[str]] = field(default_factory=list)
+    """Not in clusters mode: the images without a pose when a model exists, one list per model not joined to
+    the largest (its images), then one of the images in no model (photos turned together can make a model of
+    their own, or none: the orientation check tests them at every turn)."""
     attempts: dict[str, int] = field(default_factory=dict)
     """Images registered in the largest model by each mapping attempt ("default", "relaxed")."""
     principal_point: str = ""
@@ -619,7 +623,7 @@ def run(
         t0 = time.perf_counter()
         write_models(models, layout.sparse)
         result.seconds["mapping"] = result.seconds.get("mapping", 0.0) + time.perf_counter() - t0
-        _fill_poses(result, models, len(features), layout.database, cfg)
+        _fill_poses(result, models, sorted(features), layout.database, cfg)
         result.pairs = pair_accounting(layout, features, len(matches), result.num_verified_pairs, _first(models))
     except Exception as exc:
         logger.exception("scene %s: mapping failed", name)
@@ -688,9 +692,10 @@ def pair_accounting(
 
 
 def _fill_poses(
-    result: SceneResult, models: list[pycolmap.Reconstruction], num_readable: int, db_path: Path, cfg: MappingConfig
+    result: SceneResult, models: list[pycolmap.Reconstruction], names: list[str], db_path: Path, cfg: MappingConfig
 ) -> None:
-    """The result's model sizes, poses (turned back for rotated photos), clusters and note."""
+    """The result's model sizes, poses (turned back for rotated photos), clusters, camera turns, images outside
+    the largest model and note (``names``: the scene's readable images)."""
     result.model_sizes = [m.num_reg_images() for m in models]
     target = {j["source"]: j["target"] for j in result.joined}
     posed = [poses_of(m) for m in models]
@@ -704,8 +709,9 @@ def _fill_poses(
     elif models:
         for k in reversed([0, *(s for s, t in target.items() if t == 0)]):
             result.poses.update(posed[k])
-    elif num_readable < 2:
-        result.note = f"{num_readable} readable image(s): nothing to reconstruct"
+        result.outside = _outside(names, posed, target, set(result.poses))
+    elif len(names) < 2:
+        result.note = f"{len(names)} readable image(s): nothing to reconstruct"
     elif result.num_verified_pairs:
         result.poses, result.note = two_view_fallback(db_path, cfg.seed)
     else:
@@ -715,6 +721,17 @@ def _fill_poses(
         result.rolled = {n: t for n, t in turns.items() if t}
         result.upright = sorted(n for n, t in turns.items() if not t)
     result.poses = {n: stored_pose(p, result.rotated.get(n, 0)) for n, p in result.poses.items()}
+
+
+def _outside(
+    names: list[str], posed: list[dict[str, Any]], target: dict[int, int], placed: set[str]
+) -> list[list[str]]:
+    """:attr:`SceneResult.outside`: the images of each model not joined to the largest that are not in
+    ``placed``, then the images in no model; empty lists left out."""
+    groups = [sorted(set(p) - placed) for k, p in enumerate(posed) if k and target.get(k) != 0]
+    held = {n for p in posed for n in p}
+    groups.append([n for n in names if n not in held])
+    return [g for g in groups if g]
 
 
 def _load_result(path: Path) -> SceneResult | None:

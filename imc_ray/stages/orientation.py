@@ -31,7 +31,11 @@ Rule (:func:`run`), per scene, after its pairs are matched:
   4. hints (:func:`run`, :func:`plan_hinted`): a group turned together on an object seen from above can keep
      hundreds of matches, and the rule misses it; the model then shows those cameras rolled against the
      scene's up (:func:`mapping.camera_turns`), and the mapping task tests exactly those turns (step 3 with
-     ``ROLL_ACCEPT_FACTOR``, against the nearest cameras the model shows upright) and maps again when one wins.
+     ``ROLL_ACCEPT_FACTOR``, against the nearest cameras the model shows upright) and maps again when one wins;
+  5. the images outside the largest model (:func:`plan_outside`: a model of their own, or none) that steps
+     1-3 did not test are tested in groups at every turn, against the model's upright cameras with the most
+     matches to them (a group turned by 180 degrees on a low-texture ring can match too few to be a suspect
+     and too many to be a component of its own), in the same second look.
 Replacements are written as override shards in ``shards/<kind>-<key>/rotated/`` (read after the
 regular shards, see :func:`formats.read_shards_with_overrides`), and ``orientation.json`` records the
 decision; a rerun with the same key reuses it.
@@ -68,14 +72,15 @@ from imc_ray.stages import pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v8"
+RULE_VERSION = "v9"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
 v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
 v5: a component of well-matched pairs is split by the turns its pairs show. v6: a suspect's partners are its
 neighbours first (the scene's best-matched images may not overlap it). v7: hints from the model (the decision
 records ``hinted``; override shards sort in the order written). v8: a hinted group's partners are the cameras
-the model shows upright nearest to its own (its best-matched images made the test fail)."""
+the model shows upright nearest to its own (its best-matched images made the test fail). v9: images outside the
+largest model are tested at every turn (the decision records ``outside``)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -369,11 +374,13 @@ class Hints:
     """What the largest model of a scene shows (:func:`mapping.camera_turns`), for :func:`plan_hinted`.
 
     rolled: image -> the turn that sets its features upright; upright: images whose camera is upright;
-    centers: image -> camera centre (3,) in the model's frame, for its registered images."""
+    centers: image -> camera centre (3,) in the model's frame, for its registered images; outside: the images
+    without a pose, by model (:attr:`mapping.SceneResult.outside`)."""
 
     rolled: dict[str, int]
     upright: frozenset[str] = frozenset()
     centers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    outside: tuple[tuple[str, ...], ...] = ()
 
 
 def _nearest_upright(probes: tuple[str, ...], hints: Hints, k: int) -> list[str]:
@@ -418,6 +425,38 @@ def plan_hinted(
             )
             if partners:
                 plan.append(Group(tuple(group), probes, tuple(partners), deg))
+    return plan
+
+
+def plan_outside(
+    names: list[str],
+    counts: dict[tuple[str, str], int],
+    hints: Hints,
+    skip: set[str],
+    cfg: RunConfig,
+) -> list[Group]:
+    """What the check tests for the images outside the largest model (``hints.outside``) that it has not
+    tested before (``skip``): photos turned together match each other and make a model of their own, or none.
+    The images of each part that match each other (at least ``rotation_min_matches``) form one group, tested
+    at every turn that passes the pre-test, probed by its :data:`GROUP_PROBES` best-matched members against
+    the cameras the model shows upright with the most matches to them (a turned group's true neighbours keep
+    a few), then the best-connected of those."""
+    m = cfg.matching
+    total: dict[str, int] = defaultdict(int)
+    for (a, b), n in counts.items():
+        total[a] += n
+        total[b] += n
+    upright = set(hints.upright) - set(hints.rolled)
+    plan: list[Group] = []
+    for part in hints.outside:
+        left = {n for n in part if n in total and n not in skip}
+        edges = [(a, b) for (a, b), n in counts.items() if n >= m.rotation_min_matches and a in left and b in left]
+        for component in _components(sorted(left), edges):
+            group = sorted(component, key=lambda n: (-total[n], n))
+            probes = group[:GROUP_PROBES]
+            exclude = set(names) - upright
+            if partners := _group_partners(probes, exclude, names, counts, total, m.rotation_partners):
+                plan.append(Group(tuple(group), tuple(probes), tuple(partners)))
     return plan
 
 
@@ -479,9 +518,15 @@ def _first_check(scene: SceneLayout, image_dir: Path, cfg: RunConfig, key: str) 
     suspects = sorted(g.members[0] for g in plan if len(g.members) == 1)
     groups = [list(g.members) for g in plan if len(g.members) > 1]
     decision: dict[str, Any] = {"key": key, "suspects": suspects, "groups": groups, "rotated": rotated}
-    decision.update(hinted={}, seconds=round(time.perf_counter() - t0, 3))
+    decision.update(hinted={}, outside=[], seconds=round(time.perf_counter() - t0, 3))
     write_text_atomic(scene.orientation_json, json.dumps(decision))
     return decision
+
+
+def _tested(decision: dict[str, Any]) -> set[str]:
+    """The images a decision has tested: suspects, group members, hinted and outside images."""
+    groups = {n for g in decision["groups"] for n in g}
+    return {*decision["suspects"], *groups, *decision["hinted"], *decision["outside"], *decision["rotated"]}
 
 
 def _hint_check(
@@ -491,14 +536,17 @@ def _hint_check(
     decision: dict[str, Any],
     hints: Hints,
 ) -> dict[str, Any]:
-    """Test the turns of ``hints`` (:func:`plan_hinted`) on top of ``decision``; writes and returns it extended."""
+    """Test the turns of ``hints`` (:func:`plan_hinted`, :func:`plan_outside`) on top of ``decision``; writes
+    and returns it extended."""
     t0 = time.perf_counter()
     state = _scene_now(scene, cfg)
     rotated = {k: int(v) for k, v in decision["rotated"].items()}
     plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg)
+    plan += plan_outside(sorted(state[0]), state[2], hints, _tested(decision), cfg)
     rotated.update(_fix(scene, image_dir, cfg, state, plan))
     decision = {**decision, "rotated": rotated}
     decision["hinted"] = {**decision["hinted"], **hints.rolled}
+    decision["outside"] = sorted({*decision["outside"], *(n for part in hints.outside for n in part)})
     decision["seconds"] = round(decision["seconds"] + time.perf_counter() - t0, 3)
     write_text_atomic(scene.orientation_json, json.dumps(decision))
     return decision
@@ -512,15 +560,21 @@ def run(
 ) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
     hints: what a model of the scene shows (:class:`Hints`): the rolled images not tested before are tested
-    with their turn (:func:`plan_hinted`) after the decision of the rule.
+    with their turn (:func:`plan_hinted`), and the images outside the model not tested before at every turn
+    (:func:`plan_outside`), after the decision of the rule.
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
     key = decision_key(scene, cfg)
     decision = None
     if scene.orientation_json.exists():
         decision = json.loads(scene.orientation_json.read_text())
-        decision = decision if decision.get("key") == key and "hinted" in decision else None
+        decision = decision if decision.get("key") == key else None
     if decision is None:
         decision = _first_check(scene, image_dir, cfg, key)
-    if hints and (new := {n: int(t) for n, t in hints.rolled.items() if n not in decision["hinted"]}):
-        decision = _hint_check(scene, image_dir, cfg, decision, dataclasses.replace(hints, rolled=new))
+    if hints:
+        rolled = {n: int(t) for n, t in hints.rolled.items() if n not in decision["hinted"]}
+        tested = _tested(decision)
+        outside = tuple(g for g in (tuple(n for n in part if n not in tested) for part in hints.outside) if g)
+        if rolled or outside:
+            hints = dataclasses.replace(hints, rolled=rolled, outside=outside)
+            decision = _hint_check(scene, image_dir, cfg, decision, hints)
     return {k: int(v) for k, v in decision["rotated"].items()}
