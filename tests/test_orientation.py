@@ -391,7 +391,8 @@ def test_photos_the_model_shows_rolled_or_leaves_out_are_turned_and_the_scene_ma
     assert result.error is None, result.error
     assert "rolled by 90, 180 or 270" not in caplog.text  # warned of the final result only: none left rolled
     assert result.rotated == {n: 360 - d for n, d in turned.items()}
-    assert result.rolled == {} and result.outside == [] and "first_mapping" in result.seconds
+    assert result.rolled == {} and result.outside == [] and result.seconds["first_mapping"] > 0
+    assert json.loads(layout.scene_json.read_text())["seconds"] == result.seconds  # scene.json: the same record
     assert set(result.upright) == set(names)  # the turned five included, now upright
     assert result.num_registered == len(names)
     decision = json.loads(layout.orientation_json.read_text())

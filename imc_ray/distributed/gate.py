@@ -191,6 +191,4 @@ def _map_turned(
         scene.scene,
         len(set(turned.items()) - set(result.rotated.items())),
     )
-    again = mapping.run(scene, map_cfg, cfg.matching.min_matches, turned, known)
-    again.seconds["first_mapping"] = sum(result.seconds.values())
-    return again
+    return mapping.run(scene, map_cfg, cfg.matching.min_matches, turned, known, sum(result.seconds.values()))

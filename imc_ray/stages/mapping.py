@@ -583,6 +583,7 @@ def run(
     min_matches: int,
     rotated: dict[str, int] | None = None,
     known: tuple[cameras.KnownCamera, ...] = (),
+    first_mapping: float = 0.0,
 ) -> SceneResult:
     """Files in, files out for one scene: ``features.h5``, the match shards of the run's key and the photos'
     EXIF in; ``matches.h5``, ``database.db``, ``sparse/<k>/`` and ``scene.json`` out.
@@ -591,12 +592,16 @@ def run(
     rotated: images the orientation stage set upright (image -> degrees); their features and model hold the
     upright image, and their poses in the result are turned back to the photo as stored.
     known: the entries of ``cfg.cameras_file`` (read once by the driver).
+    first_mapping: seconds of the scene's first mapping when this is the mapping after the orientation check's
+    second look (``seconds`` → ``first_mapping``).
     """
     if not logger.isEnabledFor(logging.DEBUG):
         pycolmap.logging.minloglevel = 2  # COLMAP's INFO and WARNING lines (glog) are too chatty for a run log
     layout, name = scene.layout, f"{scene.dataset}/{scene.scene}"
     assert layout.keys is not None
     result = SceneResult(scene.dataset, scene.scene, scene.num_images, rotated=dict(rotated or {}))
+    if first_mapping:
+        result.seconds["first_mapping"] = first_mapping
     try:
         features = read_features_h5(layout.features_h5)
         matches = matches_from_table(read_shards(layout.match_shards, MATCH_SHARD_SCHEMA))
