@@ -30,7 +30,9 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      as stored for the submission (:func:`mapping.stored_pose`).
   4. hints (:func:`run`, :func:`plan_hinted`): a group turned together on an object seen from above can keep
      hundreds of matches, and the rule misses it; the model then shows those cameras rolled against the
-     scene's up (:func:`mapping.camera_turns`), and the mapping task tests exactly those turns (step 3 with
+     scene's up (:func:`mapping.camera_turns`; images steps 1-3 tested and left as they are excepted: a weakly
+     matched photo posed from look-alike views can show a roll it does not have), and the mapping task tests
+     exactly those turns (step 3 with
      ``ROLL_ACCEPT_FACTOR``, against the nearest cameras the model shows upright) and maps again when one wins;
   5. the images outside the largest model (:func:`plan_outside`: a model of their own, or none) that steps
      1-3 did not test are tested in groups at every turn, against the model's upright cameras with the most
@@ -72,7 +74,7 @@ from imc_ray.stages import pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v9"
+RULE_VERSION = "v10"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
 v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
@@ -80,7 +82,9 @@ v5: a component of well-matched pairs is split by the turns its pairs show. v6: 
 neighbours first (the scene's best-matched images may not overlap it). v7: hints from the model (the decision
 records ``hinted``; override shards sort in the order written). v8: a hinted group's partners are the cameras
 the model shows upright nearest to its own (its best-matched images made the test fail). v9: images outside the
-largest model are tested at every turn (the decision records ``outside``)."""
+largest model are tested at every turn (the decision records ``outside``). v10: a rolled image the first check
+tested and did not turn is not tested again (a weakly matched photo the model posed from look-alike views
+showed a roll it does not have)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -559,9 +563,9 @@ def run(
     hints: Hints | None = None,
 ) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
-    hints: what a model of the scene shows (:class:`Hints`): the rolled images not tested before are tested
-    with their turn (:func:`plan_hinted`), and the images outside the model not tested before at every turn
-    (:func:`plan_outside`), after the decision of the rule.
+    hints: what a model of the scene shows (:class:`Hints`): the rolled images not tested before (or turned
+    before) are tested with their turn (:func:`plan_hinted`), and the images outside the model not tested
+    before at every turn (:func:`plan_outside`), after the decision of the rule.
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
     key = decision_key(scene, cfg)
     decision = None
@@ -571,8 +575,9 @@ def run(
     if decision is None:
         decision = _first_check(scene, image_dir, cfg, key)
     if hints:
-        rolled = {n: int(t) for n, t in hints.rolled.items() if n not in decision["hinted"]}
-        tested = _tested(decision)
+        tested = _tested(decision)  # a rolled image tested at every turn before (found none) is not tested again
+        again = {n for n in hints.rolled if n in decision["rotated"] and n not in decision["hinted"]}
+        rolled = {n: int(t) for n, t in hints.rolled.items() if n in again or n not in tested}
         outside = tuple(g for g in (tuple(n for n in part if n not in tested) for part in hints.outside) if g)
         if rolled or outside:
             hints = dataclasses.replace(hints, rolled=rolled, outside=outside)
