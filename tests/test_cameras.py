@@ -211,3 +211,46 @@ def test_principal_point_is_refined_only_for_the_cameras_allowed() -> None:
     assert refined.cameras[a].params[1] != before[a][1]
     kept, note = mapping.refine_principal_point(rec, "auto", 1, set())
     assert kept is rec and "no shared camera" in note
+
+
+def _one_camera_each(zoomed: int, rng: np.random.Generator) -> pycolmap.Reconstruction:
+    """A synthetic scene of 12 images with a camera each, all of one focal length but the first ``zoomed``
+    images' (1.43x: their observations are projected again with it), observations with 0.5 px of noise."""
+    opts = pycolmap.SyntheticDatasetOptions()
+    opts.num_rigs, opts.num_cameras_per_rig, opts.num_frames_per_rig, opts.num_points3D = 12, 1, 1, 400
+    pycolmap.set_random_seed(3)
+    rec = pycolmap.synthesize_dataset(opts)
+    for k, image in enumerate(sorted(rec.images.values(), key=lambda im: im.name)):
+        cam = rec.cameras[image.camera_id]
+        if k < zoomed:
+            params = np.array(cam.params)
+            params[cam.focal_length_idxs()] *= 1.43
+            cam.params = params.tolist()
+        for p in image.points2D:
+            if p.has_point3D():
+                xyz = image.cam_from_world() * rec.points3D[p.point3D_id].xyz
+                p.xy = cam.img_from_cam(xyz) + rng.normal(0, 0.5, 2)
+    return rec
+
+
+def test_one_focal_cost_tells_a_second_camera_from_noisy_estimates() -> None:
+    """One true focal length: estimates spread by the test mapping fit one focal length as well (the split is
+    vetoed, ``regroup`` keeps the camera shared); two true focal lengths: one focal length fits far worse."""
+    rng = np.random.default_rng(0)
+    one = _one_camera_each(0, rng)
+    names = sorted(im.name for im in one.images.values())
+    for k, image in enumerate(sorted(one.images.values(), key=lambda im: im.name)):  # estimates off by up to 20%
+        cam = one.cameras[image.camera_id]
+        params = np.array(cam.params)
+        params[cam.focal_length_idxs()] *= 1.2 if k % 3 == 1 else 1.0
+        cam.params = params.tolist()
+    assert cameras.one_focal_cost(one, names) <= cameras.ONE_FOCAL_MAX_COST
+    two = _one_camera_each(4, rng)
+    assert cameras.one_focal_cost(two, names) > 1.5
+    group = cameras.CameraGroup(names, (100, 100), "size", earn=True)
+    focals = {n: 1000.0 * (1.2 if k % 3 == 1 else 1.0) for k, n in enumerate(names)}  # a split by the gap rule
+    assert len(cameras.split_by_focal(group, focals)) == 2
+    kept = cameras.regroup([group], focals, one)
+    assert len(kept) == 1 and "one focal length fits them as well" in kept[0].note and not kept[0].earn
+    group.earn = True
+    assert len(cameras.regroup([group], focals, two)) == 2

@@ -8,7 +8,8 @@ COLMAP can share a camera only between images of one pixel size. Within that, ``
   Images without EXIF share one camera per size only if the sharing is earned: a test mapping gives each of
   them a camera of its own (:func:`unshare`); if their estimated focal lengths agree, the scene is mapped
   with the shared camera, else (:func:`split_by_focal`) with one camera per group of agreeing focal lengths
-  (and one per image for images the test mapping did not register).
+  (and one per image for images the test mapping did not register), unless one focal length fits the test
+  model nearly as well as one each (:func:`one_focal_cost`: weakly constrained estimates).
 * ``single``: one camera per image size; ``per_folder``: one per subfolder of ``images/`` and size;
   ``per_image``: one camera each (with its EXIF prior, if any).
 
@@ -39,7 +40,11 @@ FOCAL_GAP = 0.12
 own, fall into groups whose nearest values differ by more than this share (see :func:`split_by_focal`)."""
 FOCAL_NOISE_FACTOR = 5.0
 """... and by more than this many times the spread of the estimates within the groups (median absolute
-deviation of log focal length), so that a scene whose single-image estimates are noisy is not split."""
+deviation of log focal length), so that a scene whose single-image estimates are noisy is not split ..."""
+ONE_FOCAL_MAX_COST = 1.1
+"""... and unless holding all their focal lengths at one value raises the test model's mean reprojection
+error, after bundle adjustment, by more than this factor (:func:`one_focal_cost`): estimates that differ only
+because the geometry constrains them weakly fit one focal length as well (measurements: bench/RESULTS.md)."""
 
 
 class CameraFileError(ConfigError):
@@ -346,11 +351,74 @@ def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[Came
     return out
 
 
-def regroup(groups: Sequence[CameraGroup], focals: Mapping[str, float]) -> list[CameraGroup]:
-    """:func:`split_by_focal` applied to every group that must earn sharing; the others as they are."""
+def bundle_adjust(
+    rec: pycolmap.Reconstruction, refine: set[int], num_threads: int, focal: bool = True, principal_point: bool = False
+) -> None:
+    """Bundle adjustment of ``rec`` in place (every registered image; the gauge fixed by three points) with the
+    intrinsics of every camera outside ``refine`` held constant; of those in it, the focal length is refined
+    when ``focal``, the principal point when ``principal_point``, the other parameters always."""
+    config = pycolmap.BundleAdjustmentConfig()
+    for image in rec.images.values():
+        if image.has_pose:
+            config.add_image(image.image_id)
+    for camera_id in rec.cameras:
+        if camera_id not in refine:
+            config.set_constant_cam_intrinsics(camera_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = focal
+    opts.refine_principal_point = principal_point
+    opts.print_summary = False
+    opts.ceres.solver_options.num_threads = num_threads
+    pycolmap.create_default_bundle_adjuster(opts, config, rec).solve()
+
+
+def _adjusted_error(rec: pycolmap.Reconstruction, cameras: set[int], focal: bool, num_threads: int) -> float:
+    """:func:`bundle_adjust` of ``rec`` refining ``cameras`` (their focal lengths only when ``focal``); its
+    mean reprojection error (pixels) after."""
+    bundle_adjust(rec, cameras, num_threads, focal=focal)
+    rec.update_point_3d_errors()
+    return float(rec.compute_mean_reprojection_error())
+
+
+def one_focal_cost(rec: pycolmap.Reconstruction, names: Sequence[str], num_threads: int = 1) -> float:
+    """How much worse one focal length fits the images ``names`` of ``rec`` (a test model: a camera per image)
+    than a focal length each: the mean reprojection error after bundle adjustment with their cameras' focal
+    lengths all held at their median, over the same with them free (1.0 when fewer than two are registered)."""
+    chosen = {im.camera_id for im in rec.images.values() if im.has_pose and im.name in set(names)}
+    if len(chosen) < 2:
+        return 1.0
+    free = _adjusted_error(pycolmap.Reconstruction(rec), chosen, True, num_threads)
+    held = pycolmap.Reconstruction(rec)
+    median = float(np.median([held.cameras[c].mean_focal_length() for c in chosen]))
+    for c in chosen:
+        params = np.array(held.cameras[c].params)
+        params[held.cameras[c].focal_length_idxs()] = median
+        held.cameras[c].params = params.tolist()
+    return _adjusted_error(held, chosen, False, num_threads) / max(free, 1e-9)
+
+
+def regroup(
+    groups: Sequence[CameraGroup],
+    focals: Mapping[str, float],
+    test_model: pycolmap.Reconstruction | None = None,
+    num_threads: int = 1,
+) -> list[CameraGroup]:
+    """:func:`split_by_focal` applied to every group that must earn sharing; the others as they are. A split
+    stands only when one focal length fits its images in ``test_model`` (the model their estimates come from)
+    worse than :data:`ONE_FOCAL_MAX_COST` times a focal length each (:func:`one_focal_cost`)."""
     out: list[CameraGroup] = []
     for group in groups:
-        out += split_by_focal(group, focals) if group.earn else [group]
+        parts = split_by_focal(group, focals) if group.earn else [group]
+        if len(parts) > 1 and test_model is not None:
+            cost = one_focal_cost(test_model, group.images, num_threads)
+            if cost <= ONE_FOCAL_MAX_COST:
+                group.note = (
+                    f"shared: the focal estimates split ({'; '.join(p.note for p in parts if p.source == 'focal')}) "
+                    f"but one focal length fits them as well (reprojection error x{cost:.2f})"
+                )
+                parts = [group]
+        out += parts
     for group in out:
         group.earn = False
     return out

@@ -237,19 +237,7 @@ def _adjust_principal_points(rec: pycolmap.Reconstruction, refine: set[int], num
     """Bundle adjustment of ``rec`` in place refining the principal point (and the other intrinsics) of the
     cameras ``refine``; every other camera's intrinsics are held constant. Returns the largest principal
     point move of a refined camera, as a share of its image's long side."""
-    config = pycolmap.BundleAdjustmentConfig()
-    for image in rec.images.values():
-        if image.has_pose:
-            config.add_image(image.image_id)
-    for camera_id in rec.cameras:
-        if camera_id not in refine:
-            config.set_constant_cam_intrinsics(camera_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.THREE_POINTS)
-    opts = pycolmap.BundleAdjustmentOptions()
-    opts.refine_principal_point = True
-    opts.print_summary = False
-    opts.ceres.solver_options.num_threads = num_threads
-    pycolmap.create_default_bundle_adjuster(opts, config, rec).solve()
+    cameras.bundle_adjust(rec, refine, num_threads, principal_point=True)
     cams = [rec.cameras[c] for c in refine]
     return max(
         max(abs(c.principal_point_x - c.width / 2), abs(c.principal_point_y - c.height / 2)) / max(c.width, c.height)
@@ -409,7 +397,8 @@ def map_scene(
     if earning:  # the test mapping: one camera per image where sharing must be earned
         trial, _ = _database_and_models(data, cameras.unshare(groups), cfg, min_matches, result, test=True)
         tested = trial[0].num_reg_images() if trial else 0
-        groups = cameras.regroup(groups, cameras.model_focals(trial, earning))
+        focals = cameras.model_focals(trial, earning)
+        groups = cameras.regroup(groups, focals, trial[0] if trial else None, cfg.num_threads)
     models, result.attempts = _database_and_models(data, groups, cfg, min_matches, result)
     shared = {g.camera_id for g in groups if g.known is None and len(g.images) > 1}
     notes = []
