@@ -335,6 +335,17 @@ def test_hinted_images_turned_the_same_way_and_matching_each_other_are_one_group
     assert plan[0].probes == ("x", "y") and plan[0].partners[:2] == ("a", "b")  # no centres: best-matched first
 
 
+def test_a_hinted_image_an_earlier_test_left_upright_is_tested_on_its_own() -> None:
+    """An upright render that matches turned look-alikes (u) is shown rolled with them; the first check had
+    tested it and left it: it is tested alone, not turned along with the group."""
+    counts = {("x", "y"): 300, ("u", "x"): 200, ("u", "y"): 150, ("a", "x"): 40, ("b", "u"): 60, ("a", "b"): 500}
+    names, cfg = ["a", "b", "u", "x", "y"], build_config("fast")
+    hints = orientation.Hints({"x": 180, "y": 180, "u": 180})
+    assert [set(g.members) for g in plan_hinted(names, counts, hints, {}, cfg)] == [{"u", "x", "y"}]
+    alone = plan_hinted(names, counts, hints, {}, cfg, frozenset({"u"}))
+    assert sorted(g.members for g in alone) == [("u",), ("x", "y")]
+
+
 def test_a_hinted_group_is_tested_against_the_nearest_cameras_the_model_shows_upright() -> None:
     """Renders seen from above: a turned view matches views from elsewhere on the ring, and a turned photo
     the model did not flag (w) matches the group best; neither is a partner."""

@@ -30,9 +30,7 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      as stored for the submission (:func:`mapping.stored_pose`).
   4. hints (:func:`run`, :func:`plan_hinted`): a group turned together on an object seen from above can keep
      hundreds of matches, and the rule misses it; the model then shows those cameras rolled against the
-     scene's up (:func:`mapping.camera_turns`; images steps 1-3 tested and left as they are excepted: a weakly
-     matched photo posed from look-alike views can show a roll it does not have), and the mapping task tests
-     exactly those turns (step 3 with
+     scene's up (:func:`mapping.camera_turns`), and the mapping task tests exactly those turns (step 3 with
      ``ROLL_ACCEPT_FACTOR``, against the nearest cameras the model shows upright) and maps again when one wins;
   5. the images outside the largest model (:func:`plan_outside`: a model of their own, or none) that steps
      1-3 did not test are tested in groups at every turn, against the model's upright cameras with the most
@@ -82,9 +80,9 @@ v5: a component of well-matched pairs is split by the turns its pairs show. v6: 
 neighbours first (the scene's best-matched images may not overlap it). v7: hints from the model (the decision
 records ``hinted``; override shards sort in the order written). v8: a hinted group's partners are the cameras
 the model shows upright nearest to its own (its best-matched images made the test fail). v9: images outside the
-largest model are tested at every turn (the decision records ``outside``). v10: a rolled image the first check
-tested and did not turn is not tested again (a weakly matched photo the model posed from look-alike views
-showed a roll it does not have)."""
+largest model are tested at every turn (the decision records ``outside``). v10: a rolled image an earlier test
+left as it is is tested on its own, not in a group (an upright render matching turned look-alikes was turned
+along with them)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -402,10 +400,13 @@ def plan_hinted(
     hints: Hints,
     rotated: dict[str, int],
     cfg: RunConfig,
+    alone: frozenset[str] = frozenset(),
 ) -> list[Group]:
     """What the check tests for the images a model shows rolled (``hints.rolled``), on top of the turns
     already made (``rotated``: image -> degrees from the stored photo). Hinted images with the same turn from
-    the stored photo that match each other form one group (turned together), probed by its
+    the stored photo that match each other form one group (turned together; the images of ``alone``, which
+    an earlier test left as they are, are tested on their own: an upright photo that matches turned
+    look-alikes must not be turned along with them), probed by its
     :data:`GROUP_PROBES` best-matched members against the cameras the model shows upright nearest to theirs
     (the images with the most matches to them can be views from elsewhere that look like the turned photo,
     or turned photos the model did not flag; without centres: the images outside the hints with the most
@@ -420,7 +421,11 @@ def plan_hinted(
     plan: list[Group] = []
     for deg in sorted(set(turn.values()) - {0}):
         same = sorted(n for n, t in turn.items() if t == deg)
-        edges = [(a, b) for (a, b), n in counts.items() if n >= m.rotation_min_matches and a in same and b in same]
+        edges = [
+            (a, b)
+            for (a, b), n in counts.items()
+            if n >= m.rotation_min_matches and a in same and b in same and a not in alone and b not in alone
+        ]
         for part in _components(same, edges):
             group = sorted(part, key=lambda n: (-total[n], n))
             probes = tuple(group[:GROUP_PROBES])
@@ -545,7 +550,7 @@ def _hint_check(
     t0 = time.perf_counter()
     state = _scene_now(scene, cfg)
     rotated = {k: int(v) for k, v in decision["rotated"].items()}
-    plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg)
+    plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg, frozenset(_tested(decision) - set(rotated)))
     plan += plan_outside(sorted(state[0]), state[2], hints, _tested(decision), cfg)
     rotated.update(_fix(scene, image_dir, cfg, state, plan))
     decision = {**decision, "rotated": rotated}
@@ -563,9 +568,9 @@ def run(
     hints: Hints | None = None,
 ) -> dict[str, int]:
     """Files in, files out for one scene (rule in the module docstring; its pairs: those matched).
-    hints: what a model of the scene shows (:class:`Hints`): the rolled images not tested before (or turned
-    before) are tested with their turn (:func:`plan_hinted`), and the images outside the model not tested
-    before at every turn (:func:`plan_outside`), after the decision of the rule.
+    hints: what a model of the scene shows (:class:`Hints`): the rolled images not hinted before are tested
+    with their turn (:func:`plan_hinted`), and the images outside the model not tested before at every turn
+    (:func:`plan_outside`), after the decision of the rule.
     Returns image -> degrees for the images that were turned (empty for most scenes)."""
     key = decision_key(scene, cfg)
     decision = None
@@ -575,9 +580,8 @@ def run(
     if decision is None:
         decision = _first_check(scene, image_dir, cfg, key)
     if hints:
-        tested = _tested(decision)  # a rolled image tested at every turn before (found none) is not tested again
-        again = {n for n in hints.rolled if n in decision["rotated"] and n not in decision["hinted"]}
-        rolled = {n: int(t) for n, t in hints.rolled.items() if n in again or n not in tested}
+        tested = _tested(decision)
+        rolled = {n: int(t) for n, t in hints.rolled.items() if n not in decision["hinted"]}
         outside = tuple(g for g in (tuple(n for n in part if n not in tested) for part in hints.outside) if g)
         if rolled or outside:
             hints = dataclasses.replace(hints, rolled=rolled, outside=outside)
