@@ -385,7 +385,8 @@ def one_focal_cost(rec: pycolmap.Reconstruction, names: Sequence[str], num_threa
     """How much worse one focal length fits the images ``names`` of ``rec`` (a test model: a camera per image)
     than a focal length each: the mean reprojection error after bundle adjustment with their cameras' focal
     lengths all held at their median, over the same with them free (1.0 when fewer than two are registered)."""
-    chosen = {im.camera_id for im in rec.images.values() if im.has_pose and im.name in set(names)}
+    wanted = set(names)
+    chosen = {im.camera_id for im in rec.images.values() if im.has_pose and im.name in wanted}
     if len(chosen) < 2:
         return 1.0
     free = _adjusted_error(pycolmap.Reconstruction(rec), chosen, True, num_threads)

@@ -264,6 +264,15 @@ def turn_groups(
     return out
 
 
+def _totals(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Image -> its matches summed over its pairs (images in no pair count 0)."""
+    total: dict[str, int] = defaultdict(int)
+    for (a, b), n in counts.items():
+        total[a] += n
+        total[b] += n
+    return total
+
+
 @dataclasses.dataclass(frozen=True)
 class Group:
     """Images tested (and turned) together: one suspect, or a group of :func:`turn_groups`.
@@ -287,10 +296,7 @@ def plan_groups(
     :data:`GROUP_PROBES` members with the most matches, then each suspect image outside the groups (tested
     after the groups are set upright: its partners may be among them)."""
     m = cfg.matching
-    total: dict[str, int] = defaultdict(int)
-    for (a, b), n in counts.items():
-        total[a] += n
-        total[b] += n
+    total = _totals(counts)
     plan: list[Group] = []
     grouped: set[str] = set()
     for members, turn in turn_groups(names, counts, rolls, m.rotation_min_matches):
@@ -413,10 +419,7 @@ def plan_hinted(
     matches). Each group's turn is the one tested (from the stored photo, as :func:`rotate_image`); an image
     whose turns cancel out is left as it is."""
     m = cfg.matching
-    total: dict[str, int] = defaultdict(int)
-    for (a, b), n in counts.items():
-        total[a] += n
-        total[b] += n
+    total = _totals(counts)
     turn = {n: (rotated.get(n, 0) + t) % 360 for n, t in hints.rolled.items() if n in names}
     plan: list[Group] = []
     for deg in sorted(set(turn.values()) - {0}):
@@ -451,11 +454,8 @@ def plan_outside(
     the cameras the model shows upright with the most matches to them (a turned group's true neighbours keep
     a few), then the best-connected of those."""
     m = cfg.matching
-    total: dict[str, int] = defaultdict(int)
-    for (a, b), n in counts.items():
-        total[a] += n
-        total[b] += n
-    upright = set(hints.upright) - set(hints.rolled)
+    total = _totals(counts)
+    exclude = set(names) - (set(hints.upright) - set(hints.rolled))  # partners: upright cameras only
     plan: list[Group] = []
     for part in hints.outside:
         left = {n for n in part if n in total and n not in skip}
@@ -463,7 +463,6 @@ def plan_outside(
         for component in _components(sorted(left), edges):
             group = sorted(component, key=lambda n: (-total[n], n))
             probes = group[:GROUP_PROBES]
-            exclude = set(names) - upright
             if partners := _group_partners(probes, exclude, names, counts, total, m.rotation_partners):
                 plan.append(Group(tuple(group), tuple(probes), tuple(partners)))
     return plan
@@ -550,8 +549,9 @@ def _hint_check(
     t0 = time.perf_counter()
     state = _scene_now(scene, cfg)
     rotated = {k: int(v) for k, v in decision["rotated"].items()}
-    plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg, frozenset(_tested(decision) - set(rotated)))
-    plan += plan_outside(sorted(state[0]), state[2], hints, _tested(decision), cfg)
+    tested = _tested(decision)
+    plan = plan_hinted(sorted(state[0]), state[2], hints, rotated, cfg, frozenset(tested - set(rotated)))
+    plan += plan_outside(sorted(state[0]), state[2], hints, tested, cfg)
     rotated.update(_fix(scene, image_dir, cfg, state, plan))
     decision = {**decision, "rotated": rotated}
     decision["hinted"] = {**decision["hinted"], **hints.rolled}
