@@ -213,9 +213,10 @@ def test_principal_point_is_refined_only_for_the_cameras_allowed() -> None:
     assert kept is rec and "no shared camera" in note
 
 
-def _one_camera_each(zoomed: int, rng: np.random.Generator) -> pycolmap.Reconstruction:
+def _one_camera_each(zoomed: int, rng: np.random.Generator, zoom: float = 1.43) -> pycolmap.Reconstruction:
     """A synthetic scene of 12 images with a camera each, all of one focal length but the first ``zoomed``
-    images' (1.43x: their observations are projected again with it), observations with 0.5 px of noise."""
+    images' (``zoom`` times: their observations are projected again with it), observations with 0.5 px of
+    noise."""
     opts = pycolmap.SyntheticDatasetOptions()
     opts.num_rigs, opts.num_cameras_per_rig, opts.num_frames_per_rig, opts.num_points3D = 12, 1, 1, 400
     pycolmap.set_random_seed(3)
@@ -224,7 +225,7 @@ def _one_camera_each(zoomed: int, rng: np.random.Generator) -> pycolmap.Reconstr
         cam = rec.cameras[image.camera_id]
         if k < zoomed:
             params = np.array(cam.params)
-            params[cam.focal_length_idxs()] *= 1.43
+            params[cam.focal_length_idxs()] *= zoom
             cam.params = params.tolist()
         for p in image.points2D:
             if p.has_point3D():
@@ -244,9 +245,12 @@ def test_one_focal_cost_tells_a_second_camera_from_noisy_estimates() -> None:
         params = np.array(cam.params)
         params[cam.focal_length_idxs()] *= 1.2 if k % 3 == 1 else 1.0
         cam.params = params.tolist()
-    assert cameras.one_focal_cost(one, names) <= cameras.ONE_FOCAL_MAX_COST
+    assert cameras.held_focal_costs(one, [[names]])[0] <= cameras.ONE_FOCAL_MAX_COST
     two = _one_camera_each(4, rng)
-    assert cameras.one_focal_cost(two, names) > 1.5
+    one_focal, right_cut, wrong_cut = cameras.held_focal_costs(
+        two, [[names], [names[:4], names[4:]], [names[:6], names[6:]]]
+    )
+    assert one_focal > 1.5 and right_cut <= 1.02 and wrong_cut > 1.2
     group = cameras.CameraGroup(names, (100, 100), "size", earn=True)
     focals = {n: 1000.0 * (1.2 if k % 3 == 1 else 1.0) for k, n in enumerate(names)}  # a split by the gap rule
     assert len(cameras.split_by_focal(group, focals)) == 2
@@ -254,3 +258,19 @@ def test_one_focal_cost_tells_a_second_camera_from_noisy_estimates() -> None:
     assert len(kept) == 1 and "one focal length fits them as well" in kept[0].note and not kept[0].earn
     group.earn = True
     assert len(cameras.regroup([group], focals, two)) == 2
+
+
+def test_two_zoom_levels_too_close_for_the_gap_rule_are_split_by_reprojection_error() -> None:
+    """Focal lengths 1.1x apart (under the gap rule's 12%): the gap rule keeps one camera, one focal length
+    fits the test model clearly worse, and the two-means cut of the estimates fits as well as one each."""
+    two = _one_camera_each(4, np.random.default_rng(1), zoom=1.1)
+    names = sorted(im.name for im in two.images.values())
+    focals = cameras.model_focals([two], set(names))
+    group = cameras.CameraGroup(names, (100, 100), "size", earn=True)
+    assert len(cameras.split_by_focal(group, focals)) == 1
+    group.earn = True
+    parts = cameras.regroup([group], focals, two)
+    assert sorted(sorted(p.images) for p in parts) == [names[:4], names[4:]]
+    assert all(p.source == "focal" and "two x1.0" in p.note for p in parts) and not any(p.earn for p in parts)
+    assert cameras.best_cut(np.log([1.0, 1.01, 1.5, 1.52, 1.49])) == 2
+    assert cameras.best_cut(np.log([1.0, 1.01, 1.5])) is None  # each part needs two

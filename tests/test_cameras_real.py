@@ -25,12 +25,16 @@ from . import scenes
 pytestmark = pytest.mark.skipif(not scenes.FOX.is_dir(), reason="needs ../shared/data/instant_ngp/fox")
 
 FEATURES = FeaturesConfig(resize=640, max_keypoints=512)
+CLOSE_FEATURES = FeaturesConfig(resize=640, max_keypoints=1024)
+"""The ``close`` scene's (the fast preset's): with 512 keypoints the test mapping, a camera per photo, left the
+1.12x-zoomed photos out."""
 
 
 @pytest.fixture(scope="module")
 def fox(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Scenes ``plain``, ``zoom`` (no EXIF), ``exif`` (two EXIF cameras) and ``folders`` (zoom, with the
-    zoomed photos in ``images/tele/``), with their features and matches."""
+    """Scenes ``plain``, ``zoom`` (no EXIF), ``exif`` (two EXIF cameras), ``folders`` (zoom, with the
+    zoomed photos in ``images/tele/``) and ``close`` (no EXIF, zoomed 1.12x only), with their features and
+    matches (``close``: its own, at :data:`CLOSE_FEATURES`, under that key)."""
     root = tmp_path_factory.mktemp("fox")
     plain = scenes.subset(scenes.FOX, root / "plain", step=3)
     builder = scenes.camera_scenes()
@@ -41,17 +45,21 @@ def fox(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     matches = scenes.match_all({n: f for n, f in feats.items() if "_zoom" not in n})  # the plain scene's pairs
     replaced = {n.replace("_zoom", "") for n in zoomed}
     matches |= scenes.match_all({n: f for n, f in feats.items() if n not in replaced}, matches)  # the zoomed one's
+    builder.build(plain, root / "close", zoom=1.12)
+    close_feats = scenes.extract(sorted((root / "close" / "images").iterdir()), CLOSE_FEATURES)
+    close_matches = scenes.match_all(close_feats)
     folders = root / "folders" / "images"
     for name in sorted((root / "zoom" / "images").iterdir()):
         (folders / ("tele" if "_zoom" in name.name else "wide")).mkdir(parents=True, exist_ok=True)
         shutil.copy(name, folders / ("tele" if "_zoom" in name.name else "wide") / name.name)
-    return {"root": root, "features": feats, "matches": matches, "zoomed": set(zoomed)}
+    out = {"root": root, "features": feats, "matches": matches, "zoomed": set(zoomed)}
+    return out | {"close": (close_feats, close_matches)}
 
 
 def _run(fox: dict[str, Any], variant: str, tmp_path: Path, **settings: Any) -> tuple[mapping.SceneResult, dict]:
     """Map one variant with ``settings``; returns the scene result and its metrics against labels.csv."""
-    root, feats, matches = fox["root"], fox["features"], fox["matches"]
-    names = sorted(p.name for p in (root / "zoom" / "images").iterdir())
+    root, (feats, matches) = fox["root"], fox["close"] if variant == "close" else (fox["features"], fox["matches"])
+    names = sorted(p.name for p in (root / ("close" if variant == "close" else "zoom") / "images").iterdir())
     if variant == "plain":
         names = [n.replace("_zoom", "") for n in names]
     rename = {n: (("tele/" if "_zoom" in n else "wide/") + n if variant == "folders" else n) for n in names}
@@ -63,7 +71,7 @@ def _run(fox: dict[str, Any], variant: str, tmp_path: Path, **settings: Any) -> 
     known = cameras.read_cameras_file(Path(cfg.cameras_file)) if cfg.cameras_file else ()
     result = mapping.run(mapping.SceneInputs(layout, image_dir, "fox", variant, len(names)), cfg, 15, None, known)
     assert result.error is None, result.error
-    labels = evaluate.read_labels(root / ("plain" if variant == "plain" else "zoom") / "labels.csv")  # bare names
+    labels = evaluate.read_labels(root / (variant if variant in ("plain", "close") else "zoom") / "labels.csv")
     pred = {n: evaluate.Pose(*result.poses[rename[n]]) if rename[n] in result.poses else None for n in labels}
     return result, evaluate.score_scene(labels, pred, evaluate.relative_thresholds(labels))
 
@@ -97,6 +105,19 @@ def test_two_zoom_levels_without_exif_are_split_by_focal_length(fox: dict[str, A
     assert m_auto["n_registered"] == 9
     assert m_auto["auc@5"] > m_single["auc@5"] + 0.2  # forcing one camera is far worse
     assert m_auto["auc@5"] >= m_per_image["auc@5"] - 0.02
+
+
+def test_two_zoom_levels_closer_than_the_gap_rule_are_split_by_reprojection_error(
+    fox: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every third photo zoomed 1.12x: the focal estimates show no gap over 12%, but one focal length fits the
+    test model clearly worse than a focal length each, and two (the two-means cut of the estimates) as well."""
+    auto, m_auto = _run(fox, "close", tmp_path / "auto")
+    assert _groups(auto) == [("focal", 3), ("focal", 6)]
+    tele = next(g for g in auto.cameras["groups"] if g["images"] == 3)
+    assert tele["first_image"].endswith("_zoom.jpg") and "worse than one each" in tele["note"]
+    _, m_single = _run(fox, "close", tmp_path / "single", camera_mode="single")
+    assert m_auto["n_registered"] == 9 and m_auto["auc@5"] > m_single["auc@5"] + 0.2  # one camera: far worse
 
 
 def test_two_exif_cameras_are_grouped_with_their_focal_priors(fox: dict[str, Any], tmp_path: Path) -> None:

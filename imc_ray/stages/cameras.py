@@ -9,7 +9,8 @@ COLMAP can share a camera only between images of one pixel size. Within that, ``
   them a camera of its own (:func:`unshare`); if their estimated focal lengths agree, the scene is mapped
   with the shared camera, else (:func:`split_by_focal`) with one camera per group of agreeing focal lengths
   (and one per image for images the test mapping did not register), unless one focal length fits the test
-  model nearly as well as one each (:func:`one_focal_cost`: weakly constrained estimates).
+  model nearly as well as one each (:func:`held_focal_costs`: weakly constrained estimates); when one focal
+  length fits clearly worse although the estimates show no gap, the two-means cut of them is tried (:func:`regroup`).
 * ``single``: one camera per image size; ``per_folder``: one per subfolder of ``images/`` and size;
   ``per_image``: one camera each (with its EXIF prior, if any).
 
@@ -43,7 +44,7 @@ FOCAL_NOISE_FACTOR = 5.0
 deviation of log focal length), so that a scene whose single-image estimates are noisy is not split ..."""
 ONE_FOCAL_MAX_COST = 1.1
 """... and unless holding all their focal lengths at one value raises the test model's mean reprojection
-error, after bundle adjustment, by more than this factor (:func:`one_focal_cost`): estimates that differ only
+error, after bundle adjustment, by more than this factor (:func:`held_focal_costs`): estimates that differ only
 because the geometry constrains them weakly fit one focal length as well (measurements: bench/RESULTS.md)."""
 
 
@@ -322,8 +323,8 @@ def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[Came
     Sorted by focal length, the estimates are cut where neighbours differ by more than :data:`FOCAL_GAP`;
     the cut stands only when at least two parts hold two images or more and each gap exceeds
     :data:`FOCAL_NOISE_FACTOR` times the spread within the parts. Then each part becomes a camera (with no
-    prior, as before the test), and each image without an estimate a camera of its own; else the group
-    stays shared, which it has then earned. The decision is in each group's ``note``.
+    prior, as before the test), and each image without an estimate a camera of its own (:func:`_focal_parts`);
+    else the group stays shared, which it has then earned. The decision is in each group's ``note``.
     """
     est = sorted((f, n) for n, f in focals.items() if n in set(group.images))
     if len(est) < 3:
@@ -338,17 +339,36 @@ def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[Came
         lo, hi = est[0][0], est[-1][0]
         group.note = f"shared: {len(est)} images, a camera each, agree on focal length ({lo:.0f}-{hi:.0f} px)"
         return [group]
+    return _focal_parts(group, est, parts)
+
+
+def _focal_parts(
+    group: CameraGroup, est: list[tuple[float, str]], parts: Sequence[np.ndarray], why: str = ""
+) -> list[CameraGroup]:
+    """A camera (source ``focal``, no prior) per part of ``est`` ((focal, image) sorted by focal; parts: index
+    arrays into it), and one per image of ``group`` without an estimate."""
     out = []
     for p in parts:
-        focal = float(np.exp(np.median(logf[p])))
-        note = f"split by focal length: {len(p)} image(s) near {focal:.0f} px"
+        focal = float(np.exp(np.median(np.log([est[i][0] for i in p]))))
+        note = f"split by focal length{why}: {len(p)} image(s) near {focal:.0f} px"
         out.append(CameraGroup([est[i][1] for i in p], group.size, "focal", note=note))
+    have = {n for _, n in est}
     out += [
         CameraGroup([n], group.size, "image", note="split: no focal estimate (not registered by the test mapping)")
         for n in group.images
-        if n not in focals
+        if n not in have
     ]
     return out
+
+
+def best_cut(logf: np.ndarray, min_part: int = 2) -> int | None:
+    """The index that cuts sorted values ``logf`` (K,) into two parts of at least ``min_part`` with the least
+    squared spread about the parts' means (a 1-D two-means), or None when K < 2 ``min_part``."""
+    costs = {
+        k: float(np.sum((logf[:k] - logf[:k].mean()) ** 2) + np.sum((logf[k:] - logf[k:].mean()) ** 2))
+        for k in range(min_part, len(logf) - min_part + 1)
+    }
+    return min(costs, key=lambda k: costs[k]) if costs else None
 
 
 def bundle_adjust(
@@ -381,22 +401,30 @@ def _adjusted_error(rec: pycolmap.Reconstruction, cameras: set[int], focal: bool
     return float(rec.compute_mean_reprojection_error())
 
 
-def one_focal_cost(rec: pycolmap.Reconstruction, names: Sequence[str], num_threads: int = 1) -> float:
-    """How much worse one focal length fits the images ``names`` of ``rec`` (a test model: a camera per image)
-    than a focal length each: the mean reprojection error after bundle adjustment with their cameras' focal
-    lengths all held at their median, over the same with them free (1.0 when fewer than two are registered)."""
-    wanted = set(names)
-    chosen = {im.camera_id for im in rec.images.values() if im.has_pose and im.name in wanted}
+def held_focal_costs(
+    rec: pycolmap.Reconstruction, partitions: Sequence[Sequence[Sequence[str]]], num_threads: int = 1
+) -> list[float]:
+    """How much worse each partition of images (a list of parts, each a list of image names) fits ``rec`` (a
+    test model: a camera per image) with one focal length per part than with a focal length per image: the
+    mean reprojection error after bundle adjustment with each part's cameras' focal lengths held at the part's
+    median, over the same with them all free (1.0 when fewer than two of the images are registered)."""
+    camera_of = {im.name: im.camera_id for im in rec.images.values() if im.has_pose}
+    chosen = {camera_of[n] for partition in partitions for part in partition for n in part if n in camera_of}
     if len(chosen) < 2:
-        return 1.0
+        return [1.0] * len(partitions)
     free = _adjusted_error(pycolmap.Reconstruction(rec), chosen, True, num_threads)
-    held = pycolmap.Reconstruction(rec)
-    median = float(np.median([held.cameras[c].mean_focal_length() for c in chosen]))
-    for c in chosen:
-        params = np.array(held.cameras[c].params)
-        params[held.cameras[c].focal_length_idxs()] = median
-        held.cameras[c].params = params.tolist()
-    return _adjusted_error(held, chosen, False, num_threads) / max(free, 1e-9)
+    out = []
+    for partition in partitions:
+        held = pycolmap.Reconstruction(rec)
+        for part in partition:
+            ids = {camera_of[n] for n in part if n in camera_of}
+            median = float(np.median([held.cameras[c].mean_focal_length() for c in ids])) if ids else 0.0
+            for c in ids:
+                params = np.array(held.cameras[c].params)
+                params[held.cameras[c].focal_length_idxs()] = median
+                held.cameras[c].params = params.tolist()
+        out.append(_adjusted_error(held, chosen, False, num_threads) / max(free, 1e-9))
+    return out
 
 
 def regroup(
@@ -405,24 +433,51 @@ def regroup(
     test_model: pycolmap.Reconstruction | None = None,
     num_threads: int = 1,
 ) -> list[CameraGroup]:
-    """:func:`split_by_focal` applied to every group that must earn sharing; the others as they are. A split
-    stands only when one focal length fits its images in ``test_model`` (the model their estimates come from)
-    worse than :data:`ONE_FOCAL_MAX_COST` times a focal length each (:func:`one_focal_cost`)."""
+    """The cameras of every group that must earn sharing (the others as they are), judged on ``test_model``
+    (the model the estimates ``focals`` come from; without it, :func:`split_by_focal` alone decides).
+
+    A split of :func:`split_by_focal` stands only when one focal length fits its images worse than
+    :data:`ONE_FOCAL_MAX_COST` times a focal length each (:func:`held_focal_costs`). A group the gap rule
+    keeps shared is split all the same when one focal length fits that much worse and the two-means cut of
+    its estimates (:func:`best_cut`) fits within :data:`ONE_FOCAL_MAX_COST`: two zoom levels closer than the
+    gap rule sees."""
     out: list[CameraGroup] = []
     for group in groups:
         parts = split_by_focal(group, focals) if group.earn else [group]
-        if len(parts) > 1 and test_model is not None:
-            cost = one_focal_cost(test_model, group.images, num_threads)
-            if cost <= ONE_FOCAL_MAX_COST:
-                group.note = (
-                    f"shared: the focal estimates split ({'; '.join(p.note for p in parts if p.source == 'focal')}) "
-                    f"but one focal length fits them as well (reprojection error x{cost:.2f})"
-                )
-                parts = [group]
+        if group.earn and test_model is not None:
+            parts = _judge(group, parts, focals, test_model, num_threads)
         out += parts
     for group in out:
         group.earn = False
     return out
+
+
+def _judge(
+    group: CameraGroup,
+    parts: list[CameraGroup],
+    focals: Mapping[str, float],
+    test_model: pycolmap.Reconstruction,
+    num_threads: int,
+) -> list[CameraGroup]:
+    """:func:`regroup`'s verdict on one group, from the gap rule's ``parts`` and the test model."""
+    est = sorted((f, n) for n, f in focals.items() if n in set(group.images))
+    cut = best_cut(np.log([f for f, _ in est])) if len(parts) == 1 else None
+    if len(parts) == 1 and cut is None:
+        return parts
+    partitions = [[group.images]]
+    if cut is not None:
+        partitions.append([[n for _, n in est[:cut]], [n for _, n in est[cut:]]])
+    one, *split = held_focal_costs(test_model, partitions, num_threads)
+    if len(parts) > 1 and one <= ONE_FOCAL_MAX_COST:
+        found = "; ".join(p.note for p in parts if p.source == "focal")
+        group.note = f"shared: the focal estimates split ({found}) but one focal length fits them as well (x{one:.2f})"
+        return [group]
+    if cut is not None and one > ONE_FOCAL_MAX_COST and split[0] <= ONE_FOCAL_MAX_COST:
+        why = f" (one focal length fits x{one:.2f} worse than one each, two x{split[0]:.2f})"
+        return _focal_parts(group, est, [np.arange(cut), np.arange(cut, len(est))], why)
+    if cut is not None:
+        group.note += f"; one focal length fits x{one:.2f} worse than one each, the best two x{split[0]:.2f}"
+    return parts
 
 
 SOURCES = {
