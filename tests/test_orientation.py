@@ -14,6 +14,7 @@ from PIL import Image
 from imc_ray import evaluate
 from imc_ray.config import build_config
 from imc_ray.distributed import gate, pipeline
+from imc_ray.formats import Features, consolidate_features, feature_rows, read_features_h5, write_shard
 from imc_ray.stages import mapping, orientation
 from imc_ray.stages.mapping import ROLL_MAX_ELEVATION, SceneInputs, camera_turns, scene_up, stored_pose
 from imc_ray.stages.orientation import (
@@ -171,6 +172,50 @@ def test_turn_groups_reads_a_group_turned_by_90_like_roll_suspects_reads_one_ima
     # ... and for one turned image it reads the same turn as turn_groups does for the group
     alone = {pair: angle for pair, angle in rolls.items() if "y" not in pair and "z" not in pair}
     assert roll_suspects(alone, {p: counts[p] for p in alone}) == {"x": 90}
+
+
+def test_groups_turned_by_different_angles_are_not_each_others_partners() -> None:
+    """Photos turned by 90 and by 270 degrees match each other (a relative turn of 180 keeps the matches of
+    a 180-degree pair: few) better than the upright ones here; a group's partners are upright photos all the
+    same, and so are a suspect's."""
+    upright, left, right = ["a", "b", "c", "d", "e"], ["p", "q", "r"], ["x", "y", "z"]
+    names = upright + left + right
+    counts = {(m, n): 300 for i, m in enumerate(names) for n in names[i + 1 :]}
+    counts |= {(m, n): 900 for (m, n) in counts if m in left and n in right}  # more than with the upright ones
+    counts |= {(m, n): 950 for (m, n) in counts if {m, n} <= set(left) or {m, n} <= set(right) or n in upright}
+    counts |= {("a", "w"): 10, ("b", "w"): 12, ("p", "w"): 25, ("w", "x"): 20}  # w: a suspect (few matches)
+    names.append("w")
+    rolls = {}
+    for m, n in counts:
+        turn = {**dict.fromkeys(left, 1), **dict.fromkeys(right, 3)}
+        rolls[(m, n)] = 90.0 * ((turn.get(m, 0) - turn.get(n, 0)) % 4) if "w" not in (m, n) else float("nan")
+    plan = orientation.plan_groups(names, counts, rolls, build_config("fast"))
+    assert sorted(sorted(g.members) for g in plan if len(g.members) > 1) == [left, right]
+    assert all(set(g.partners) <= set(upright) for g in plan) and [g.members for g in plan][-1] == ("w",)
+
+
+def test_a_new_decision_reads_the_features_without_the_overrides_of_the_old_one(tmp_path: Path) -> None:
+    """A rerun whose decision key changed (other settings, a newer rule) decides from the features as
+    extracted: the old decision's override shards are removed and ``features.h5`` is merged again without them
+    (it held the turned image's upright features, whose pairs then showed a false roll)."""
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(0, 600, (200, 2)).astype(np.float32)
+
+    def feat(points: np.ndarray) -> Features:
+        return Features(points, np.ones(200, np.float32), np.zeros((200, 128), np.float32), (640, 640))
+
+    feats = {n: feat(kp) for n in ("a", "b", "c")}
+    same = (np.stack([np.arange(200), np.arange(200)], 1).astype(np.int64), np.ones(200, np.float32))
+    layout = scenes.write_scene(tmp_path / "scene", feats, {("a", "b"): same, ("a", "c"): same, ("b", "c"): same})
+    turned = feat(np.stack([kp[:, 1], 640 - kp[:, 0]], 1))  # "c" as an old decision stored it: turned by 90
+    write_shard(layout.feature_shards / "rotated", feature_rows("d", "s", [("c", turned)]))
+    consolidate_features(layout)
+    layout.orientation_json.write_text(json.dumps({"key": "v1-old", "rotated": {"c": 90}}))
+    assert np.allclose(read_features_h5(layout.features_h5)["c"].keypoints, turned.keypoints)
+    assert orientation.run(layout, tmp_path, build_config("fast")) == {}  # nothing rolled, nothing tested
+    assert np.allclose(read_features_h5(layout.features_h5)["c"].keypoints, kp)
+    assert not (layout.feature_shards / "rotated").exists()
+    assert json.loads(layout.orientation_json.read_text())["key"].startswith(orientation.RULE_VERSION)
 
 
 def _turn_gt(row: list[str], degrees: int) -> list[str]:

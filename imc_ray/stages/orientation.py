@@ -18,9 +18,10 @@ Rule (:func:`run`), per scene, after its pairs are matched:
      suspect. Every connected component of the well-matched pairs but the largest (a group turned by 180
      degrees), and every set of images whose matches, propagated along the strongest pairs, show the same
      turn against the rest of their component (90 or 270 degrees), is tested like one suspect: its
-     :data:`GROUP_PROBES` best-matched members turned, against the images outside it with the most matches
-     to them (:func:`plan_groups`); a turn that wins turns every member, and each member is then also
-     matched with those partners (its pairs may all have been inside the group);
+     :data:`GROUP_PROBES` best-matched members turned, against the images outside every group with the
+     most matches to them (:func:`plan_groups`: photos turned by other angles match it better than upright
+     ones); a turn that wins turns every member, and each member is then also matched with those partners
+     (its pairs may all have been inside the group);
   3. the turn with the most matches wins if it has at least 1.5 times (rolled: 1.1 times) the matches of
      the upright image and at least ``rotation_min_matches``; the suspect's features are replaced by
      those of the image set upright (keypoints and ``image_size`` in the upright image's pixels, so it
@@ -63,6 +64,7 @@ from imc_ray.formats import (
     MATCH_SHARD_SCHEMA,
     Features,
     SceneLayout,
+    consolidate_features,
     matches_from_table,
     read_features_h5,
     read_shards,
@@ -72,7 +74,7 @@ from imc_ray.stages import pairs
 
 logger = logging.getLogger(__name__)
 
-RULE_VERSION = "v10"
+RULE_VERSION = "v11"
 """Part of the decision's key: a rerun never reuses the decision (and override shards) of an older rule.
 v2: roll suspects; overrides hold the upright image (v1 mapped keypoints back to the stored photo).
 v3: the pre-test of the turns (:func:`pretest_turns`). v4: groups turned together (:func:`turn_groups`).
@@ -82,7 +84,8 @@ records ``hinted``; override shards sort in the order written). v8: a hinted gro
 the model shows upright nearest to its own (its best-matched images made the test fail). v9: images outside the
 largest model are tested at every turn (the decision records ``outside``). v10: a rolled image an earlier test
 left as it is is tested on its own, not in a group (an upright render matching turned look-alikes was turned
-along with them)."""
+along with them). v11: no image of a group is a partner of another group or of a suspect (fox-25 with every
+third photo turned: the 180-degree group was tested against photos turned by 90 and 270 and left turned)."""
 ROTATIONS = (90, 180, 270)
 ACCEPT_FACTOR = 1.5
 """A turn is kept when it gives at least this many times the upright image's matches with the partners
@@ -104,12 +107,14 @@ def suspects_and_partners(
     num_partners: int,
     min_ratio: float = 0.0,
     also: set[str] | None = None,
+    exclude: set[str] | None = None,
 ) -> dict[str, list[str]]:
     """Images whose best pair has fewer than max(``min_matches``, ``min_ratio`` x the median over the
     scene's images of their best pair) matches, and the images of ``also``, each with its partners: the
-    non-suspects paired with it, first those with at least ``min_matches`` matches with it, most first
-    (its true neighbours: a photo turned by 90 degrees keeps about half its matches, and in a sequence the
-    scene's best-matched images may not overlap it at all), then those with the most matches in the scene.
+    non-suspects outside ``exclude`` (images thought turned) paired with it, first those with at least
+    ``min_matches`` matches with it, most first (its true neighbours: a photo turned by 90 degrees keeps about
+    half its matches, and in a sequence the scene's best-matched images may not overlap it at all), then those
+    with the most matches in the scene.
 
     matches: (name0, name1) -> number of matches.
     """
@@ -122,7 +127,7 @@ def suspects_and_partners(
     total = {n: sum(paired[n].values()) for n in names}
     limit = max(float(min_matches), min_ratio * float(np.median(list(best.values()))) if best else 0.0)
     suspects = [n for n in names if best[n] < limit or n in (also or set())]
-    good = sorted((n for n in names if n not in suspects), key=lambda n: -total[n])
+    good = sorted((n for n in names if n not in suspects and n not in (exclude or set())), key=lambda n: -total[n])
     rank = {n: i for i, n in enumerate(good)}
 
     def partners(s: str) -> list[str]:
@@ -293,18 +298,19 @@ def plan_groups(
     cfg: RunConfig,
 ) -> list[Group]:
     """What the check tests in a scene, in order: each group of :func:`turn_groups`, probed by its
-    :data:`GROUP_PROBES` members with the most matches, then each suspect image outside the groups (tested
-    after the groups are set upright: its partners may be among them)."""
+    :data:`GROUP_PROBES` members with the most matches, then each suspect image outside the groups. No image
+    of a group is another group's or a suspect's partner: photos turned by different angles match each other
+    better than the upright ones (a group turned by 180 degrees against groups turned by 90 and 270)."""
     m = cfg.matching
     total = _totals(counts)
     plan: list[Group] = []
-    grouped: set[str] = set()
-    for members, turn in turn_groups(names, counts, rolls, m.rotation_min_matches):
+    groups = turn_groups(names, counts, rolls, m.rotation_min_matches)
+    grouped = {n for members, _ in groups for n in members}
+    for members, turn in groups:
         group = sorted(members, key=lambda n: (-total[n], n))
         probes = group[:GROUP_PROBES]
-        if partners := _group_partners(probes, set(group), names, counts, total, m.rotation_partners):
+        if partners := _group_partners(probes, grouped, names, counts, total, m.rotation_partners):
             plan.append(Group(tuple(group), tuple(probes), tuple(partners), turn))
-            grouped.update(group)
     single = suspects_and_partners(
         names,
         counts,
@@ -312,11 +318,13 @@ def plan_groups(
         m.rotation_partners,
         m.rotation_min_ratio,
         also=set(roll_suspects(rolls, counts)),
+        exclude=grouped,
     )
     # a suspect's turn is read from its pairs with images that are not suspects: two photos turned by
     # different angles match each other, and their roll is the difference of the turns
     rolled = roll_suspects({pair: a for pair, a in rolls.items() if not set(pair) <= single.keys()}, counts)
-    plan += [Group((s,), (s,), tuple(p), rolled.get(s)) for s, p in single.items() if p and s not in grouped]
+    planned = {n for g in plan for n in g.members}
+    plan += [Group((s,), (s,), tuple(p), rolled.get(s)) for s, p in single.items() if p and s not in planned]
     return plan
 
 
@@ -509,11 +517,21 @@ def _fix(scene: SceneLayout, image_dir: Path, cfg: RunConfig, state: State, plan
         return {}
 
 
+def _drop_overrides(scene: SceneLayout) -> None:
+    """Remove the override shards of another orientation decision (they never survive a new one) and, when
+    there were any, merge ``features.h5`` again without them (same images)."""
+    had = (scene.shards("features") / "rotated").exists()
+    names = set(read_features_h5(scene.features_h5)) if had and scene.features_h5.exists() else None
+    for kind in ("features", "matches"):
+        shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
+    if had:
+        consolidate_features(scene, names)
+
+
 def _first_check(scene: SceneLayout, image_dir: Path, cfg: RunConfig, key: str) -> dict[str, Any]:
     """Steps 1-3 of the rule on a scene with no decision of this key; writes and returns the decision."""
     t0 = time.perf_counter()
-    for kind in ("features", "matches"):  # overrides of another orientation decision never survive
-        shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
+    _drop_overrides(scene)
     feats, matches, counts = state = _scene_now(scene, cfg)
     m = cfg.matching
     rolls = {
