@@ -69,7 +69,10 @@ def score_scene(scene: SceneLayout, labels_csv: Path, min_inliers: int, max_erro
     )
     db = pycolmap.Database.open(str(scene.database))
     try:
-        names = {im.image_id: im.name for im in db.read_all_images()}
+        images = db.read_all_images()
+        names = {im.image_id: im.name for im in images}
+        cams = {c.camera_id: c for c in db.read_all_cameras()}
+        side = {im.image_id: float(max(cams[im.camera_id].width, cams[im.camera_id].height)) for im in images}
         keypoints = {i: db.read_keypoints(i)[:, :2] for i in names}
         rows = []
         for pair_id, geometry in zip(*db.read_two_view_geometries(), strict=True):
@@ -78,8 +81,7 @@ def score_scene(scene: SceneLayout, labels_csv: Path, min_inliers: int, max_erro
             if len(m) < min_inliers or {na, nb} & turned or na not in labels or nb not in labels:
                 continue
             F = true_fundamental(labels[na], labels[nb], K[na], K[nb])
-            side = 2.0 * max(*K[na][:2, 2], *K[nb][:2, 2])  # the long side, from the principal points
-            dist = sampson(F, keypoints[a][m[:, 0]], keypoints[b][m[:, 1]]) / side
+            dist = sampson(F, keypoints[a][m[:, 0]], keypoints[b][m[:, 1]]) / max(side[a], side[b])
             error, share = float(np.median(dist)), float(np.mean(dist <= max_error))
             rows.append(
                 {

@@ -316,6 +316,12 @@ def model_focals(models: Sequence[pycolmap.Reconstruction], names: set[str]) -> 
     return out
 
 
+def _estimates(group: CameraGroup, focals: Mapping[str, float]) -> list[tuple[float, str]]:
+    """(focal length, image) of the group's images with an estimate, by focal length."""
+    mine = set(group.images)
+    return sorted((f, n) for n, f in focals.items() if n in mine)
+
+
 def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[CameraGroup]:
     """The cameras a group that must earn sharing becomes, from its images' focal lengths estimated with one
     camera per image (:func:`model_focals` of a mapping with the cameras of :func:`unshare`).
@@ -326,7 +332,7 @@ def split_by_focal(group: CameraGroup, focals: Mapping[str, float]) -> list[Came
     prior, as before the test), and each image without an estimate a camera of its own (:func:`_focal_parts`);
     else the group stays shared, which it has then earned. The decision is in each group's ``note``.
     """
-    est = sorted((f, n) for n, f in focals.items() if n in set(group.images))
+    est = _estimates(group, focals)
     if len(est) < 3:
         group.note = f"shared: {len(est)} image(s) with a focal estimate, too few to test"
         return [group]
@@ -460,7 +466,7 @@ def _judge(
     num_threads: int,
 ) -> list[CameraGroup]:
     """:func:`regroup`'s verdict on one group, from the gap rule's ``parts`` and the test model."""
-    est = sorted((f, n) for n, f in focals.items() if n in set(group.images))
+    est = _estimates(group, focals)
     cut = best_cut(np.log([f for f, _ in est])) if len(parts) == 1 else None
     if len(parts) == 1 and cut is None:
         return parts

@@ -65,6 +65,7 @@ from imc_ray.formats import (
     Features,
     SceneLayout,
     consolidate_features,
+    feature_names_h5,
     matches_from_table,
     read_features_h5,
     read_shards,
@@ -127,7 +128,8 @@ def suspects_and_partners(
     total = {n: sum(paired[n].values()) for n in names}
     limit = max(float(min_matches), min_ratio * float(np.median(list(best.values()))) if best else 0.0)
     suspects = [n for n in names if best[n] < limit or n in (also or set())]
-    good = sorted((n for n in names if n not in suspects and n not in (exclude or set())), key=lambda n: -total[n])
+    skip = set(suspects) | (exclude or set())
+    good = sorted((n for n in names if n not in skip), key=lambda n: -total[n])
     rank = {n: i for i, n in enumerate(good)}
 
     def partners(s: str) -> list[str]:
@@ -521,7 +523,7 @@ def _drop_overrides(scene: SceneLayout) -> None:
     """Remove the override shards of another orientation decision (they never survive a new one) and, when
     there were any, merge ``features.h5`` again without them (same images)."""
     had = (scene.shards("features") / "rotated").exists()
-    names = set(read_features_h5(scene.features_h5)) if had and scene.features_h5.exists() else None
+    names = set(feature_names_h5(scene.features_h5)) if had and scene.features_h5.exists() else None
     for kind in ("features", "matches"):
         shutil.rmtree(scene.shards(kind) / "rotated", ignore_errors=True)
     if had:
